@@ -1,0 +1,220 @@
+"""install(), uninstall(), installed(), is_installed(), snapshot(), loop_factory().
+
+One installation at a time, process-wide. ``install`` validates every option before it
+touches anything, then patches all-or-nothing; ``uninstall`` restores what is still ours
+and returns the final report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import analysis
+from ._clock import epoch_offset_ns
+from ._config import Options, resolve
+from ._dispatch import Dispatcher
+from ._hooks.tracer import Tracer
+from ._recorder import Recorder
+from ._version import __version__
+from .events import Block
+from .session import Session
+
+logger = logging.getLogger("looptrace")
+
+_EXIT_FLUSH_S = 2.0
+"""The longest looptrace may delay the program's exit (exporters flushing)."""
+
+LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
+"""(name, listener called with each block off the loop thread, close(timeout_s))"""
+
+
+class _Installation:
+    def __init__(self, options: Options, explicit: dict[str, Any]) -> None:
+        self.options = options
+        self.explicit = explicit
+        self.recorder = Recorder(options, epoch_offset_ns())
+        self.tracer = Tracer(options, self.recorder)
+        self.sinks: list[LiveSink] = []
+
+    def start(self) -> None:
+        try:
+            self.tracer.start()
+            self.sinks = _live_sinks(self.options)
+            if self.sinks:
+                dispatcher = Dispatcher(self.recorder.fault)
+                for name, listener, _ in self.sinks:
+                    dispatcher.add(name, listener)
+                self.recorder.dispatcher = dispatcher
+        except BaseException:
+            self.tracer.stop()
+            raise
+
+    def snapshot(self) -> Session:
+        self.tracer.flush()
+        dispatcher = self.recorder.dispatcher
+        extra = {"published_blocks": dispatcher.dropped} if dispatcher is not None else {}
+        recording = self.recorder.recording(
+            accelerated=self.tracer.accelerated,
+            probes=self.tracer.probes.active if self.tracer.probes is not None else 0,
+            owners=self.tracer.owners, step_ring=self.tracer.step_ring(), extra_dropped=extra)
+        return analysis.session_from(recording, __version__)
+
+    def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
+        self.tracer.stop()
+        dispatcher = self.recorder.dispatcher
+        if dispatcher is not None:
+            dispatcher.close(timeout_s / 2)
+        session = self.snapshot()
+        for name, _, close in self.sinks:
+            try:
+                close(timeout_s / 2)
+            except Exception as exc:
+                logger.warning("looptrace: closing %s failed: %s: %s", name,
+                               type(exc).__name__, exc)
+        return session
+
+    def abandon(self) -> None:
+        """In a forked child: switch every hook off without taking any lock (a lock held by
+        a thread of the parent at fork time would never be released here)."""
+        self.tracer.abandon()
+
+
+def _live_sinks(options: Options) -> list[LiveSink]:
+    """Exporters that receive each block as it is found (OpenTelemetry, logs)."""
+    sinks: list[LiveSink] = []
+    return sinks
+
+
+_lock = threading.RLock()
+_current: _Installation | None = None
+_last_session: Session | None = None
+_atexit_registered = False
+
+
+def install(**options: Any) -> None:
+    """Start recording every asyncio loop of this process.
+
+    Options (see ``docs/configuration.md``): ``threshold_ms`` (default 100), ``mode``
+    (``"default"`` or ``"full"``), ``probes``, ``sample_interval_ms``, ``max_blocks``,
+    ``max_sites``, ``max_tasks``, ``buffer_size``, ``accelerator``, ``otlp``, ``log``.
+    ``LOOPTRACE_*`` environment variables set the options not given here.
+
+    Idempotent: a second call while installed changes nothing (and warns if it asked for
+    different options). All-or-nothing: if anything fails, nothing stays patched.
+    Raises ``TypeError``/``ValueError`` naming a bad option.
+    """
+    global _current, _atexit_registered
+    resolved = resolve(options)
+    with _lock:
+        if _current is not None:
+            if resolved != _current.options:
+                logger.warning("looptrace: already installed with other options; call "
+                               "looptrace.uninstall() first to change them")
+            return
+        installation = _Installation(resolved, dict(options))
+        installation.start()
+        _current = installation
+        if not _atexit_registered:
+            atexit.register(_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
+            _atexit_registered = True
+
+
+def uninstall() -> Session | None:
+    """Stop recording and restore asyncio; return the final report (None if not installed)."""
+    global _current, _last_session
+    with _lock:
+        installation = _current
+        if installation is None:
+            return None
+        _current = None
+        _last_session = installation.stop()
+        return _last_session
+
+
+def is_installed() -> bool:
+    """Whether looptrace is recording now."""
+    return _current is not None
+
+
+def snapshot() -> Session:
+    """The report of what was recorded so far (or the final report of the last
+    installation, once uninstalled). Raises ``RuntimeError`` if looptrace never ran."""
+    installation = _current
+    if installation is not None:
+        return installation.snapshot()
+    if _last_session is not None:
+        return _last_session
+    raise RuntimeError("looptrace is not installed: call looptrace.install() first")
+
+
+class Tracing:
+    """What :func:`installed` yields: the report so far, or the final one after the block."""
+
+    def __init__(self, owned: bool) -> None:
+        self._owned = owned
+        self.session: Session | None = None
+
+    def snapshot(self) -> Session:
+        return self.session if self.session is not None else snapshot()
+
+
+@contextmanager
+def installed(**options: Any) -> Iterator[Tracing]:
+    """``with looptrace.installed(threshold_ms=50) as tracing: ...``
+
+    Installs for the duration of the block and uninstalls after it. Inside an existing
+    installation it records with that one and leaves it installed.
+    """
+    owned = not is_installed()
+    install(**options)
+    tracing = Tracing(owned)
+    try:
+        yield tracing
+    finally:
+        if owned:
+            tracing.session = uninstall()
+        else:
+            tracing.session = snapshot()
+
+
+def loop_factory() -> asyncio.AbstractEventLoop:
+    """A new event loop, recorded: ``asyncio.run(main(), loop_factory=looptrace.loop_factory)``.
+
+    Installs looptrace first (options from ``LOOPTRACE_*``) if it is not installed.
+    """
+    install()
+    if sys.platform == "win32":
+        loop: asyncio.AbstractEventLoop = asyncio.ProactorEventLoop()
+    else:
+        loop = asyncio.SelectorEventLoop()
+    installation = _current
+    if installation is not None:
+        installation.tracer.attach(loop)
+    return loop
+
+
+def _at_exit() -> None:
+    """Bound the exit: flush exporters for at most two seconds, never hang."""
+    try:
+        uninstall()
+    except Exception as exc:
+        logger.warning("looptrace: shutting down failed: %s: %s", type(exc).__name__, exc)
+
+
+def _after_fork_in_child() -> None:
+    global _current, _lock
+    _lock = threading.RLock()
+    installation = _current
+    _current = None
+    if installation is not None:
+        installation.abandon()

@@ -1,0 +1,135 @@
+"""From a long step to a :class:`~looptrace.events.Block`.
+
+A long step is known exactly when it ends (the step timer gives start and end); what ran
+during it is known from the watchdog's stack samples and from the probes that fired. This
+module joins the three: a probe that explains most of the time makes a ``blocking-call``
+at the probe's call site; otherwise the most frequent sampled line makes a ``slow-step``.
+Without samples (a block shorter than the watchdog's reaction time, or C code that held
+the GIL throughout), the task's await point or the callback's definition stands in, and
+``site_source`` says so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from looptrace.events import (
+    Block,
+    CodeLocation,
+    DurationSource,
+    ProbeCall,
+    SiteSource,
+)
+
+_MAX_SITES_PER_STEP = 64
+
+
+@dataclass(slots=True)
+class LongStep:
+    """What the loop thread knows when a step at or over the threshold ends."""
+
+    loop_id: int
+    thread_id: int
+    thread_name: str
+    start_ns: int
+    end_ns: int
+    sample_key: tuple[object, int]
+    duration_source: DurationSource
+    task: str | None
+    coroutine: str | None
+    callback: str | None
+    fallback_site: CodeLocation | None
+    fallback_source: SiteSource
+    trace_id: int | None
+    span_id: int | None
+    probe_calls: list[ProbeCall]
+
+
+@dataclass(slots=True)
+class SiteSamples:
+    count: int = 0
+    stack: tuple[CodeLocation, ...] = ()
+    tasks: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
+    spans: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class StepSamples:
+    """The watchdog's samples of one running step, grouped by (site, callee)."""
+
+    count: int = 0
+    overflow: int = 0
+    by_site: dict[tuple[CodeLocation | None, str | None], SiteSamples] = field(
+        default_factory=dict)
+
+    def add(self, site: CodeLocation | None, callee: str | None,
+            stack: tuple[CodeLocation, ...], task: str | None, coroutine: str | None,
+            span: tuple[int, int] | None) -> None:
+        self.count += 1
+        key = (site, callee)
+        entry = self.by_site.get(key)
+        if entry is None:
+            if len(self.by_site) >= _MAX_SITES_PER_STEP:
+                self.overflow += 1
+                return
+            entry = self.by_site[key] = SiteSamples(stack=stack)
+        entry.count += 1
+        entry.tasks[(task, coroutine)] += 1
+        if span is not None:
+            entry.spans[span] += 1
+
+    def most_common(self) -> tuple[tuple[CodeLocation | None, str | None], SiteSamples] | None:
+        if not self.by_site:
+            return None
+        return max(self.by_site.items(), key=lambda item: item[1].count)
+
+
+def build_block(step: LongStep, samples: StepSamples | None) -> Block:
+    duration = step.end_ns - step.start_ns
+    kind = "slow-step"
+    call: str | None = None
+    site = step.fallback_site
+    site_source: SiteSource = step.fallback_source if site is not None else "unknown"
+    stack: tuple[CodeLocation, ...] = (site,) if site is not None else ()
+    task, coroutine = step.task, step.coroutine
+    trace_id, span_id = step.trace_id, step.span_id
+
+    best = samples.most_common() if samples is not None else None
+    if best is not None:
+        (sampled_site, callee), entry = best
+        if sampled_site is not None:
+            site, site_source, stack, call = sampled_site, "samples", entry.stack, callee
+        (sampled_task, sampled_coroutine), _ = entry.tasks.most_common(1)[0]
+        if sampled_task is not None:
+            # Eager tasks run their first step inside their creator's: trust the samples.
+            task, coroutine = sampled_task, sampled_coroutine
+        if entry.spans:
+            trace_id, span_id = entry.spans.most_common(1)[0][0]
+
+    by_call: Counter[str] = Counter()
+    for probe_call in step.probe_calls:
+        by_call[probe_call.call] += probe_call.duration_ns
+    if by_call:
+        name, explained = by_call.most_common(1)[0]
+        if explained * 2 >= duration:
+            # The longest call of that name is the one to show; ties go to the outermost.
+            longest = max((c for c in step.probe_calls if c.call == name),
+                          key=lambda c: (c.duration_ns, -c.start_ns))
+            kind, call = "blocking-call", name
+            if longest.site is not None:
+                site, site_source, stack = longest.site, "probe", longest.stack
+            if longest.task is not None and task is None:
+                task = longest.task
+            if longest.trace_id is not None:
+                trace_id, span_id = longest.trace_id, longest.span_id
+
+    return Block(
+        loop_id=step.loop_id, thread_id=step.thread_id, thread_name=step.thread_name,
+        start_ns=step.start_ns, duration_ns=duration, duration_source=step.duration_source,
+        kind=kind,  # type: ignore[arg-type]
+        call=call, site=site, site_source=site_source, stack=stack, task=task,
+        coroutine=coroutine, callback=step.callback,
+        samples=samples.count if samples is not None else 0,
+        trace_id=trace_id, span_id=span_id,
+    )

@@ -1,0 +1,43 @@
+"""The OpenTelemetry span current in some code, read without importing OpenTelemetry.
+
+A block's span must be the child of the span that was current *in the code that
+blocked*. That span lives in a ContextVar of the blocked task's context; the watchdog reads
+it from another thread while the loop is blocked (``Context.get`` works across threads
+where ``Context.run`` would not), and probes read it at the blocking call. If the program
+never imported OpenTelemetry there is nothing to read and nothing is imported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+from typing import Any
+
+_SPAN_KEY = "current-span"  # opentelemetry.trace.propagation._SPAN_KEY
+
+
+def _otel_var() -> contextvars.ContextVar[Any] | None:
+    module = sys.modules.get("opentelemetry.context")
+    if module is None:
+        return None
+    runtime = getattr(module, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    return var if isinstance(var, contextvars.ContextVar) else None
+
+
+def span_ids(ctx: contextvars.Context | None) -> tuple[int, int] | None:
+    """``(trace_id, span_id)`` of the span current in ``ctx`` (None: the calling code's own
+    context), or None when there is no valid span."""
+    var = _otel_var()
+    if var is None:
+        return None
+    otel_context = var.get(None) if ctx is None else ctx.get(var)
+    if not otel_context:
+        return None
+    span = otel_context.get(_SPAN_KEY)
+    if span is None:
+        return None
+    span_context = span.get_span_context()
+    if not span_context.is_valid:
+        return None
+    return int(span_context.trace_id), int(span_context.span_id)

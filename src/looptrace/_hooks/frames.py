@@ -1,0 +1,124 @@
+"""Which frame is the user's: the line a block is reported at.
+
+A stack sampled from a blocked loop runs through asyncio, maybe a framework, the user's
+code, then a library or the standard library where the time is actually spent. The site
+of a block is the innermost frame of *user* code: not the standard library, not an
+installed package (site-packages), not looptrace. When a stack holds no user code at all
+(an application installed as a package), the innermost installed-package frame stands in,
+then any frame.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import sysconfig
+from types import FrameType
+
+from looptrace.events import CodeLocation
+
+USER, LIBRARY, STDLIB, LOOPTRACE = range(4)
+
+_MAX_DEPTH = 128
+
+
+def _prefixes(paths: set[str]) -> tuple[str, ...]:
+    cleaned = {os.path.normcase(os.path.abspath(p)) for p in paths if p}
+    # Longest first, so site-packages inside the stdlib directory wins over the stdlib.
+    return tuple(sorted((p.rstrip(os.sep) + os.sep for p in cleaned), key=len, reverse=True))
+
+
+class CodeMap:
+    """Classifies source files as user code, installed packages, stdlib or looptrace."""
+
+    def __init__(self) -> None:
+        paths = sysconfig.get_paths()
+        library = {paths.get("purelib", ""), paths.get("platlib", "")}
+        try:
+            library.update(site.getsitepackages())
+            library.add(site.getusersitepackages())
+        except AttributeError:  # some embedded interpreters lack these
+            pass
+        stdlib = {paths.get("stdlib", ""), paths.get("platstdlib", "")}
+        self._looptrace = _prefixes({os.path.dirname(os.path.dirname(__file__))})
+        self._library = _prefixes(library)
+        self._stdlib = _prefixes(stdlib)
+        self._cache: dict[str, int] = {}
+
+    def category(self, filename: str) -> int:
+        found = self._cache.get(filename)
+        if found is None:
+            found = self._cache[filename] = self._classify(filename)
+        return found
+
+    def _classify(self, filename: str) -> int:
+        if filename.startswith("<"):
+            # <frozen importlib._bootstrap> is the stdlib; <string>, <stdin> are the user's.
+            return STDLIB if filename.startswith("<frozen") else USER
+        path = os.path.normcase(os.path.abspath(filename))
+        if path.startswith(self._looptrace):
+            return LOOPTRACE
+        if path.startswith(self._library):
+            return LIBRARY
+        if f"{os.sep}site-packages{os.sep}" in path or f"{os.sep}dist-packages{os.sep}" in path:
+            return LIBRARY
+        if path.startswith(self._stdlib):
+            return STDLIB
+        return USER
+
+
+def location(frame: FrameType) -> CodeLocation:
+    code = frame.f_code
+    return CodeLocation(os.path.abspath(code.co_filename) if not code.co_filename.startswith("<")
+                        else code.co_filename, frame.f_lineno or code.co_firstlineno,
+                        code.co_qualname)
+
+
+def qualified_name(frame: FrameType) -> str:
+    """``module.Qualname`` of the function a frame runs, e.g. ``http.client.HTTPResponse.read``."""
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}.{frame.f_code.co_qualname}"
+
+
+def locate(frame: FrameType | None, codemap: CodeMap
+           ) -> tuple[CodeLocation | None, str | None, tuple[CodeLocation, ...]]:
+    """Return ``(site, callee, stack)`` for the stack that ends at ``frame`` (innermost).
+
+    ``callee`` names the function the site was calling when that function is Python code
+    (``http.client.HTTPResponse.read``); ``stack`` runs outermost first, without looptrace.
+    """
+    frames: list[FrameType] = []
+    current = frame
+    while current is not None and len(frames) < _MAX_DEPTH:
+        frames.append(current)
+        current = current.f_back
+    categories = [codemap.category(f.f_code.co_filename) for f in frames]
+    chosen = -1
+    for wanted in (USER, LIBRARY, STDLIB):
+        for index, category in enumerate(categories):
+            if category == wanted:
+                chosen = index
+                break
+        if chosen >= 0:
+            break
+    site_location: CodeLocation | None = None
+    callee: str | None = None
+    if chosen >= 0:
+        site_location = location(frames[chosen])
+        if chosen > 0 and categories[chosen - 1] != LOOPTRACE:
+            callee = qualified_name(frames[chosen - 1])
+    stack = tuple(location(f) for f, category in zip(reversed(frames), reversed(categories),
+                                                     strict=True) if category != LOOPTRACE)
+    return site_location, callee, stack
+
+
+def caller_site(depth: int, codemap: CodeMap
+                ) -> tuple[CodeLocation | None, tuple[CodeLocation, ...]]:
+    """Site and stack of the code that called the function ``depth`` frames up from here."""
+    try:
+        frame = sys._getframe(depth + 1)
+    except ValueError:
+        return None, ()
+    site_location, _, stack = locate(frame, codemap)
+    return site_location, stack

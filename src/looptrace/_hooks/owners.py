@@ -1,0 +1,160 @@
+"""Who a step belongs to: a task (by name and real coroutine) or a plain callback."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import weakref
+from asyncio import tasks as _tasks
+from dataclasses import dataclass
+from types import CoroutineType, FrameType, GeneratorType
+from typing import Any
+
+from looptrace.events import task_group
+
+from .frames import USER, CodeMap
+
+_OTEL_WRAPPER = "trace_coroutine"  # opentelemetry-instrumentation-asyncio's coroutine wrapper
+
+TASK_TYPES: set[type] = {asyncio.Task}
+if hasattr(_tasks, "_PyTask"):
+    TASK_TYPES.add(_tasks._PyTask)
+
+
+def task_of(callback: Any) -> Any:
+    """The task whose step ``callback`` is, or None for a plain callback."""
+    owner = getattr(callback, "__self__", None)
+    if owner.__class__ in TASK_TYPES:
+        return owner
+    if isinstance(owner, asyncio.Future) and hasattr(owner, "get_coro"):
+        TASK_TYPES.add(owner.__class__)  # a Task subclass: learn it once
+        return owner
+    return None
+
+
+def real_coroutine(task: Any) -> Any:
+    """The task's coroutine, seen through OpenTelemetry's ``trace_coroutine`` wrapper,
+    which would otherwise name every instrumented task ``AsyncioInstrumentor.trace_coroutine``."""
+    coro = task.get_coro()
+    for _ in range(8):
+        if not getattr(coro, "__qualname__", "").endswith(_OTEL_WRAPPER):
+            break
+        frame = getattr(coro, "cr_frame", None)
+        inner = frame.f_locals.get("coro") if frame is not None else None
+        if inner is None:
+            inner = getattr(coro, "cr_await", None)
+        if inner is None:
+            break
+        coro = inner
+    return coro
+
+
+def coroutine_name(task: Any) -> str:
+    coro = real_coroutine(task)
+    return str(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
+
+
+def task_name(task: Any) -> str:
+    return str(task.get_name())
+
+
+def callback_name(callback: Any) -> str:
+    """``module.Qualname`` of a callback, looking through ``functools.partial``."""
+    for _ in range(8):
+        if isinstance(callback, functools.partial):
+            callback = callback.func
+        else:
+            break
+    qualname = getattr(callback, "__qualname__", None)
+    if qualname is None:
+        return type(callback).__qualname__
+    module = getattr(callback, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def await_point(task: Any, codemap: CodeMap) -> FrameType | None:
+    """The innermost user frame where a suspended task waits (its current ``await``)."""
+    chosen: FrameType | None = None
+    awaitable = real_coroutine(task)
+    for _ in range(64):
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:
+            break
+        if chosen is None or codemap.category(frame.f_code.co_filename) == USER:
+            chosen = frame
+        if isinstance(awaitable, CoroutineType):
+            awaitable = awaitable.cr_await
+        elif isinstance(awaitable, GeneratorType):
+            awaitable = awaitable.gi_yieldfrom
+        else:
+            break
+    return chosen
+
+
+def task_row(task: Any) -> tuple[str, str]:
+    """Group tasks for the per-task table: default names (``Task-123``) are not identities,
+    so such tasks group by coroutine; named tasks keep their name."""
+    return task_group(task_name(task)), coroutine_name(task)
+
+
+@dataclass(slots=True)
+class OwnerRow:
+    """A row of the per-task table: a group of tasks, or one callback function."""
+
+    kind: str  # "task" or "callback"
+    name: str
+    coroutine: str | None
+
+
+class OwnerTable:
+    """Full mode: maps each step's owner to a small integer, and sums busy time per owner.
+
+    The hot path reads :attr:`ids` and bumps :attr:`busy_ns`/:attr:`steps`; everything
+    else (naming, weak references that forget a dead task's id) happens in
+    :meth:`register`, once per task or callback function.
+    """
+
+    OTHER = 0
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.task_types = TASK_TYPES
+        self.ids: dict[Any, int] = {}
+        self.rows: list[OwnerRow] = [OwnerRow("other", "(more tasks than max_tasks)", None)]
+        self.busy_ns: list[int] = [0]
+        self.steps: list[int] = [0]
+        self.dropped = 0
+        self._by_row: dict[tuple[str, str, str | None], int] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, key: Any, owner: Any, callback: Any) -> int:
+        with self._lock:
+            task = task_of(callback)
+            if task is not None:
+                key = id(task)
+                name, coroutine = task_row(task)
+                row_key: tuple[str, str, str | None] = ("task", name, coroutine)
+            else:
+                row_key = ("callback", callback_name(callback), None)
+            oid = self._by_row.get(row_key)
+            if oid is None:
+                if len(self.rows) > self.max_rows:
+                    oid = self.OTHER
+                    self.dropped += 1
+                else:
+                    oid = len(self.rows)
+                    self.rows.append(OwnerRow(*row_key))
+                    self.busy_ns.append(0)
+                    self.steps.append(0)
+                    self._by_row[row_key] = oid
+            self.ids[key] = oid
+            if task is not None:
+                # When the task dies its id may be reused by another object: forget it.
+                self._refs[key] = weakref.ref(task, functools.partial(self._forget, key))
+            return oid
+
+    def _forget(self, key: int, _ref: object) -> None:
+        self.ids.pop(key, None)
+        self._refs.pop(key, None)

@@ -1,0 +1,390 @@
+"""The tracer: wires the hooks to the recorder, and unwires them.
+
+Everything that patches something lives behind :meth:`Tracer.start` and
+:meth:`Tracer.stop`. ``start`` is all-or-nothing: if any step fails, what was done is
+undone before the error propagates. ``stop`` restores only what is still ours.
+
+Doors through which loops are found, whoever creates them:
+
+- ``asyncio.events._set_running_loop``: every asyncio loop passes it when it starts or
+  stops running (``asyncio.run``, ``Runner``, ``loop_factory=``, ``run_until_complete``,
+  any thread);
+- ``asyncio.Runner._lazy_init``: loops from ``loop_factory=`` that are not asyncio's own
+  (``uvloop.run``);
+- the event-loop policy (see :mod:`.policy`);
+- the loop running in the thread that calls ``install()``, and loops already running in
+  other threads;
+- ``BaseEventLoop.close``, to let go of a closed loop's selector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import os
+import sys
+import threading
+import weakref
+from asyncio import base_events, events, runners
+from collections.abc import Callable
+from typing import Any
+
+from looptrace._config import Options
+from looptrace._recorder import LoopRecord, Recorder
+from looptrace.events import CodeLocation, SiteSource
+
+from . import context
+from ._patch import Patch, PatchSet
+from .blocks import LongStep
+from .frames import CodeMap, location
+from .heartbeat import Heartbeat
+from .owners import OwnerTable, await_point, callback_name, coroutine_name, task_of
+from .policy import PolicyDoor
+from .probes import ProbeBuffer, Probes
+from .selector import FrozenTimer, detach_timer, is_real_selector, make_select_timer
+from .steps import FullStepHook, make_step_hook
+from .watchdog import Watchdog
+
+SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
+STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes")
+HEARTBEAT_COVERAGE = ("blocks", "stacks", "probes", "lag")
+HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations")
+
+_MIN_PROBE_NS = 20_000
+
+
+class Tracer:
+    def __init__(self, options: Options, recorder: Recorder) -> None:
+        self.options = options
+        self.recorder = recorder
+        self.codemap = CodeMap()
+        self.active = False
+        self.accelerated = False
+        self._patches = PatchSet()
+        self._attach_lock = threading.RLock()
+        self._timers: list[tuple[weakref.ref[Any], Any]] = []
+        self._heartbeats: list[Heartbeat] = []
+        threshold = options.threshold_ns
+        self.owners = OwnerTable(options.max_tasks) if options.mode == "full" else None
+        self.step_hook: Any = None
+        self.probes: Probes | None = None
+        if options.probes:
+            buffer = ProbeBuffer(max(threshold // 100, _MIN_PROBE_NS), self.codemap)
+            self.probes = Probes(buffer, lambda exc: recorder.fault("probes", exc))
+        self.policy = PolicyDoor(self._on_new_loop, lambda exc: recorder.fault("doors", exc))
+        self.watchdog: Watchdog | None = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        options = self.options
+        original_run = events.Handle._run
+        method, self.step_hook = make_step_hook(
+            original_run, self.on_long_step, options.threshold_ns,
+            accelerated=options.accelerator, owners=self.owners,
+            ring_capacity=options.buffer_size)
+        self.accelerated = method is self.step_hook and not isinstance(self.step_hook,
+                                                                       FullStepHook)
+        self.recorder.on_fault("steps", self._disable_steps)
+        self.recorder.on_fault("selector", self._disable_timers)
+        self.recorder.on_fault("probes", self._disable_probes)
+        self._patches.apply(Patch(events.Handle, "_run", method))
+
+        self._open_doors()
+        self.policy.open()
+        self.active = True
+        if self.probes is not None:
+            self.probes.patch_available()
+
+        self.watchdog = Watchdog(
+            step_hook=self.step_hook, heartbeats=lambda: list(self._heartbeats),
+            on_block=self.recorder.add_block, on_fault=self.recorder.fault,
+            housekeeping=self._housekeeping, codemap=self.codemap,
+            threshold_ns=options.threshold_ns, sample_interval_ns=options.sample_interval_ns)
+        self.recorder.on_fault("watchdog", self.watchdog.disable_sampling)
+        self.watchdog.start()
+        self._attach_running_loops()
+
+    def stop(self) -> None:
+        """Undo everything; safe to call after a partial start and more than once."""
+        self.active = False
+        if self.step_hook is not None:
+            self.step_hook.enabled = 0
+        self._patches.revert_all()
+        self.policy.close()
+        if self.probes is not None:
+            self.probes.revert()
+        with self._attach_lock:
+            for record in self.recorder.loop_records():
+                self._release(record)
+            self._timers.clear()
+            for heartbeat in self._heartbeats:
+                heartbeat.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    def abandon(self) -> None:
+        """Switch every hook off without taking a lock (in a forked child, a lock held by
+        one of the parent's threads at fork time is never released)."""
+        self.active = False
+        if self.step_hook is not None:
+            self.step_hook.enabled = 0
+        self._patches.revert_all()
+        self.policy.close()
+        if self.probes is not None:
+            self.probes.revert(locked=False)
+        for record in list(self.recorder._loops):
+            if record.timer is not None:
+                record.timer.enabled = 0
+        for heartbeat in self._heartbeats:
+            heartbeat.stop()
+
+    def flush(self) -> None:
+        """Finalise blocks that ended but are not in the recorder yet."""
+        if self.watchdog is not None:
+            self.watchdog.finalize_pending()
+
+    # -- doors
+
+    def _open_doors(self) -> None:
+        tracer_ref = weakref.ref(self)
+        original_set = events._set_running_loop
+
+        @functools.wraps(original_set)
+        def _set_running_loop(loop: Any) -> None:
+            tracer = tracer_ref()
+            if tracer is None or not tracer.active:
+                original_set(loop)
+                return
+            previous = events._get_running_loop()
+            original_set(loop)
+            tracer._on_running_loop(previous, loop)
+
+        self._patches.apply(Patch(events, "_set_running_loop", _set_running_loop))
+        if getattr(asyncio, "_set_running_loop", None) is original_set:
+            self._patches.apply(Patch(asyncio, "_set_running_loop", _set_running_loop))
+
+        original_lazy_init = runners.Runner._lazy_init
+
+        @functools.wraps(original_lazy_init)
+        def _lazy_init(runner: Any) -> None:
+            original_lazy_init(runner)
+            tracer = tracer_ref()
+            if tracer is not None and tracer.active:
+                tracer._on_new_loop(runner._loop)
+
+        self._patches.apply(Patch(runners.Runner, "_lazy_init", _lazy_init))
+
+        original_close = base_events.BaseEventLoop.close
+
+        @functools.wraps(original_close)
+        def close(loop: Any) -> None:
+            original_close(loop)
+            tracer = tracer_ref()
+            if tracer is not None:
+                tracer._on_closed(loop)
+
+        self._patches.apply(Patch(base_events.BaseEventLoop, "close", close))
+
+    def _on_running_loop(self, previous: Any, loop: Any) -> None:
+        try:
+            if loop is not None:
+                record = self.attach(loop)
+                if record is not None:
+                    slot = self.step_hook.current_slot() if "steps" in record.coverage else None
+                    record.run_started(slot)
+            elif previous is not None:
+                record = self.recorder.loop_record(previous)
+                if record is not None:
+                    record.run_stopped()
+        except Exception as exc:
+            self.recorder.fault("doors", exc)
+
+    def _on_new_loop(self, loop: Any) -> None:
+        try:
+            if self.active:
+                self.attach(loop)
+        except Exception as exc:
+            self.recorder.fault("doors", exc)
+
+    def _on_closed(self, loop: Any) -> None:
+        try:
+            record = self.recorder.loop_record(loop)
+            if record is not None:
+                with self._attach_lock:
+                    self._release(record)
+                    record.closed = True
+        except Exception as exc:
+            self.recorder.fault("doors", exc)
+
+    def _attach_running_loops(self) -> None:
+        """The loop of the calling thread, and loops running in other threads."""
+        own = events._get_running_loop()
+        if own is not None:
+            self._on_running_loop(None, own)
+        if threading.active_count() > 1:
+            for obj in gc.get_objects():
+                if isinstance(obj, base_events.BaseEventLoop) and obj is not own \
+                        and obj.is_running():
+                    self._on_new_loop(obj)
+
+    # -- loops
+
+    def attach(self, loop: Any) -> LoopRecord | None:
+        """Start recording ``loop``; idempotent. Returns its record."""
+        record = self.recorder.loop_record(loop)
+        if record is not None:
+            return record
+        with self._attach_lock:
+            record = self.recorder.loop_record(loop)
+            if record is not None:
+                return record
+            selector = getattr(loop, "_selector", None)
+            options = self.options
+            if isinstance(loop, base_events.BaseEventLoop) and is_real_selector(selector):
+                record = self.recorder.add_loop(
+                    loop, f"selector:{type(selector).__name__}", SELECTOR_COVERAGE, ())
+                ring = options.buffer_size if options.mode == "full" else 0
+                method, timer = make_select_timer(
+                    selector, record.on_long_iteration, options.threshold_ns,
+                    accelerated=options.accelerator, ring_capacity=ring)
+                selector.select = method
+                record.timer = timer
+                self._timers.append((weakref.ref(selector), method))
+            elif isinstance(loop, base_events.BaseEventLoop):
+                record = self.recorder.add_loop(loop, type(loop).__name__, STEPS_COVERAGE,
+                                                ("select-waits",))
+            else:
+                record = self.recorder.add_loop(
+                    loop, f"{type(loop).__module__}.{type(loop).__qualname__}",
+                    HEARTBEAT_COVERAGE, HEARTBEAT_MISSING)
+                interval = min(max(options.threshold_ns // 4, 1_000_000), 50_000_000)
+                heartbeat = Heartbeat(loop, record.loop_id, interval, options.threshold_ns,
+                                      self._on_late_beat,
+                                      lambda exc: self.recorder.fault("heartbeat", exc))
+                record.heartbeat = heartbeat
+                self._heartbeats.append(heartbeat)
+                heartbeat.start()
+            return record
+
+    def _release(self, record: LoopRecord) -> None:
+        """Let go of a loop: our select goes, its final figures stay."""
+        timer = record.timer
+        if timer is not None and not isinstance(timer, FrozenTimer):
+            loop = record.loop_ref()
+            selector = getattr(loop, "_selector", None) if loop is not None else None
+            for ref, method in self._timers:
+                if ref() is selector and selector is not None:
+                    detach_timer(selector, method)
+            record.timer = FrozenTimer(timer)
+            self._timers = [(r, m) for r, m in self._timers if r() is not None
+                            and r() is not selector]
+        record.run_stopped()
+        record.slot = None
+        if record.heartbeat is not None:
+            record.heartbeat.stop()
+            self._heartbeats = [h for h in self._heartbeats if h is not record.heartbeat]
+
+    # -- blocks
+
+    def on_long_step(self, handle: Any, start_ns: int, end_ns: int, seq: int) -> None:
+        """Called on the loop thread by the step hook after a step at or over the threshold."""
+        try:
+            loop = handle._loop
+            record = self.recorder.loop_record(loop)
+            if record is None and self.active:
+                record = self.attach(loop)
+            if record is None or self.watchdog is None:
+                return
+            record.last_block_end_ns = end_ns
+            callback = handle._callback
+            task = task_of(callback)
+            thread = threading.current_thread()
+            fallback: CodeLocation | None = None
+            source: SiteSource = "unknown"
+            if task is not None:
+                frame = await_point(task, self.codemap)
+                if frame is not None:
+                    fallback, source = location(frame), "await-point"
+            else:
+                fallback = _callback_location(callback)
+                source = "callback" if fallback is not None else "unknown"
+            span = context.span_ids(getattr(handle, "_context", None))
+            probe_calls = (self.probes.buffer.between(thread.ident or 0, start_ns, end_ns)
+                           if self.probes is not None else [])
+            self.watchdog.submit(LongStep(
+                loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
+                start_ns=start_ns, end_ns=end_ns, sample_key=(thread.ident or 0, seq),
+                duration_source="step-timer",
+                task=task.get_name() if task is not None else None,
+                coroutine=coroutine_name(task) if task is not None else None,
+                callback=None if task is not None else callback_name(callback),
+                fallback_site=fallback, fallback_source=source,
+                trace_id=span[0] if span else None, span_id=span[1] if span else None,
+                probe_calls=probe_calls))
+        except Exception as exc:
+            self.recorder.fault("steps", exc)
+
+    def _on_late_beat(self, heartbeat: Heartbeat, due_ns: int, now_ns: int) -> None:
+        loop = heartbeat.loop()
+        record = self.recorder.loop_record(loop) if loop is not None else None
+        if record is None or self.watchdog is None:
+            return
+        record.last_block_end_ns = now_ns
+        thread = threading.current_thread()
+        probe_calls = (self.probes.buffer.between(thread.ident or 0, due_ns, now_ns)
+                       if self.probes is not None else [])
+        self.watchdog.submit(LongStep(
+            loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
+            start_ns=due_ns, end_ns=now_ns, sample_key=(heartbeat.key, heartbeat.beats),
+            duration_source="heartbeat", task=None, coroutine=None, callback=None,
+            fallback_site=None, fallback_source="unknown", trace_id=None, span_id=None,
+            probe_calls=probe_calls))
+
+    # -- faults and housekeeping
+
+    def _disable_steps(self) -> None:
+        if self.step_hook is not None:
+            self.step_hook.enabled = 0
+
+    def _disable_timers(self) -> None:
+        for record in self.recorder.loop_records():
+            if record.timer is not None:
+                record.timer.enabled = 0
+
+    def _disable_probes(self) -> None:
+        if self.probes is not None:
+            self.probes.revert()
+
+    def _housekeeping(self) -> None:
+        if self.probes is not None and self.active:
+            self.probes.patch_available()
+        alive = set(sys._current_frames())
+        if self.step_hook is not None:
+            self.step_hook.prune(alive)
+        if self.probes is not None:
+            self.probes.buffer.forget_threads(alive)
+
+    def step_ring(self) -> Callable[[Any], list[tuple[int, int, int]]] | None:
+        hook = self.step_hook
+        return hook.ring if isinstance(hook, FullStepHook) else None
+
+
+def _callback_location(callback: Any) -> CodeLocation | None:
+    for _ in range(8):
+        if isinstance(callback, functools.partial):
+            callback = callback.func
+        else:
+            break
+    code = getattr(callback, "__code__", None)
+    if code is None:
+        return None
+    return CodeLocation(os.path.abspath(code.co_filename), code.co_firstlineno, code.co_qualname)

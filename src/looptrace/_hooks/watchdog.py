@@ -1,0 +1,164 @@
+"""The watchdog: one thread for all loops, sampling the stack of a loop stuck in a step.
+
+It reads each loop thread's slot (what is running, since when). A step that has run for a
+quarter of the threshold gets its thread's stack sampled every ``sample_interval`` until it
+ends; the step timer then gives the exact duration and the samples give the line. When
+nothing is long it sleeps for a quarter of the threshold, so an idle or healthy program
+pays a few wake-ups per second. It also finalises the blocks that loop threads hand it,
+patches probes for modules imported since, and forgets threads that ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from looptrace._clock import now_ns
+
+from . import context
+from .blocks import LongStep, StepSamples, build_block
+from .frames import CodeMap, locate
+from .owners import coroutine_name
+
+_MIN_WAIT_NS = 500_000
+_MAX_POLL_NS = 50_000_000
+_MIN_POLL_NS = 1_000_000
+_HOUSEKEEPING_NS = 1_000_000_000
+
+
+class Watchdog:
+    def __init__(self, *, step_hook: Any, heartbeats: Callable[[], list[Any]],
+                 on_block: Callable[[Any], None], on_fault: Callable[[str, BaseException], None],
+                 housekeeping: Callable[[], None], codemap: CodeMap, threshold_ns: int,
+                 sample_interval_ns: int) -> None:
+        self._step_hook = step_hook
+        self._heartbeats = heartbeats
+        self._on_block = on_block
+        self._on_fault = on_fault
+        self._housekeeping = housekeeping
+        self._codemap = codemap
+        self._arm_ns = max(threshold_ns // 4, 1)
+        self._poll_ns = min(max(threshold_ns // 4, _MIN_POLL_NS), _MAX_POLL_NS)
+        self._sample_ns = max(sample_interval_ns, _MIN_WAIT_NS)
+        self._samples: dict[tuple[object, int], StepSamples] = {}
+        self._pending: deque[LongStep] = deque()
+        self._finalize_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sampling = True
+        self._next_housekeeping = 0
+        self.samples_taken = 0
+        self._thread = threading.Thread(target=self._run, name="looptrace-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self.finalize_pending()
+
+    def disable_sampling(self) -> None:
+        self._sampling = False
+
+    def submit(self, step: LongStep) -> None:
+        """Called on the loop thread when a long step ended; cheap and lock-free."""
+        self._pending.append(step)
+
+    def finalize_pending(self) -> None:
+        """Turn every submitted long step into a block (also called by snapshots)."""
+        with self._finalize_lock:
+            while self._pending:
+                step = self._pending.popleft()
+                samples = self._samples.pop(step.sample_key, None)
+                try:
+                    block = build_block(step, samples)
+                except Exception as exc:  # counted; the next block gets its chance
+                    self._on_fault("watchdog", exc)
+                    continue
+                self._on_block(block)
+
+    # -- the thread
+
+    def _run(self) -> None:
+        wait_ns = self._poll_ns
+        while not self._stop.wait(wait_ns / 1e9):
+            try:
+                wait_ns = self._tick()
+            except Exception as exc:
+                self._on_fault("watchdog", exc)
+                wait_ns = self._poll_ns
+
+    def _tick(self) -> int:
+        now = now_ns()
+        # A sample key is (what runs steps, which step): (thread ident, step seq) for
+        # timed loops, (heartbeat key, beat number) for heartbeat loops.
+        running: list[tuple[tuple[object, int], int, int, Any, Any]] = []
+        current: dict[object, int] = {}
+        for slot in self._step_hook.slots():
+            seq = slot.seq
+            current[slot.thread_id] = seq
+            handle = slot.handle
+            start = slot.start_ns
+            if handle is not None and slot.seq == seq:  # re-read: no step change in between
+                running.append(((slot.thread_id, seq), slot.thread_id, start, handle, None))
+        for heartbeat in self._heartbeats():
+            current[heartbeat.key] = heartbeat.beats
+            due = heartbeat.due_ns()
+            if due is not None and heartbeat.thread_id is not None:
+                running.append(((heartbeat.key, heartbeat.beats), heartbeat.thread_id, due,
+                                None, heartbeat.loop()))
+
+        # Steps that ended were submitted before the next one started: finalise them, then
+        # forget the samples of steps that ended short.
+        self.finalize_pending()
+        for key in list(self._samples):
+            owner, seq = key
+            if seq < current.get(owner, seq + 1):
+                del self._samples[key]
+
+        wait = self._poll_ns
+        if self._sampling:
+            frames: dict[int, Any] | None = None
+            for key, thread_id, start, handle, loop in running:
+                elapsed = now - start
+                if elapsed < self._arm_ns:
+                    wait = min(wait, self._arm_ns - elapsed)
+                    continue
+                if frames is None:
+                    frames = sys._current_frames()
+                self._sample(key, frames.get(thread_id), handle, loop)
+                wait = min(wait, self._sample_ns)
+            del frames
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + _HOUSEKEEPING_NS
+            self._housekeeping()
+        return max(wait, _MIN_WAIT_NS)
+
+    def _sample(self, key: tuple[object, int], frame: Any, handle: Any, loop: Any) -> None:
+        if frame is None:
+            return
+        site, callee, stack = locate(frame, self._codemap)
+        if loop is None and handle is not None:
+            loop = getattr(handle, "_loop", None)
+        task = None
+        if loop is not None:
+            try:
+                task = asyncio.current_task(loop)
+            except RuntimeError:
+                task = None
+        ctx = getattr(handle, "_context", None) if handle is not None else None
+        if ctx is None and task is not None:
+            ctx = getattr(task, "_context", None)
+        span = context.span_ids(ctx) if ctx is not None else None
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = StepSamples()
+        samples.add(site, callee, stack,
+                    task.get_name() if task is not None else None,
+                    coroutine_name(task) if task is not None else None, span)
+        self.samples_taken += 1

@@ -1,0 +1,331 @@
+"""The recorder: bounded aggregates of what the hooks saw, copied out on demand.
+
+Hooks write integers into their own counters (C or Python); the watchdog thread hands
+finished blocks to :meth:`Recorder.add_block`. Everything here is bounded: individual blocks
+in a ring, sites and tasks in capped tables, and whatever does not fit is counted in
+``dropped``. :meth:`Recorder.recording` copies it all out as plain values for the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import threading
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from ._clock import now_ns
+from ._config import Options
+from ._dispatch import Dispatcher
+from .events import (
+    Block,
+    CodeLocation,
+    Fault,
+    LoopFigures,
+    Recording,
+    SiteFigures,
+    TaskFigures,
+    task_group,
+)
+
+logger = logging.getLogger("looptrace")
+
+_KEPT_DURATIONS = 1024
+"""Per site, durations kept exactly; beyond that, a uniform reservoir of this size."""
+
+
+class SiteStats:
+    """Aggregate of the blocks at one (kind, call, site)."""
+
+    __slots__ = ("call", "count", "durations", "kind", "max_ns", "site", "stack", "tasks",
+                 "thread_name", "total_ns")
+
+    def __init__(self, block: Block) -> None:
+        self.kind = block.kind
+        self.call = block.call
+        self.site = block.site
+        self.stack = block.stack
+        self.thread_name = block.thread_name
+        self.count = 0
+        self.total_ns = 0
+        self.max_ns = 0
+        self.durations: list[int] = []
+        self.tasks: Counter[tuple[str | None, str | None]] = Counter()
+
+    def add(self, block: Block, rng: random.Random) -> None:
+        self.count += 1
+        self.total_ns += block.duration_ns
+        if block.duration_ns > self.max_ns:
+            self.max_ns = block.duration_ns
+            self.stack = block.stack or self.stack
+        if len(self.durations) < _KEPT_DURATIONS:
+            self.durations.append(block.duration_ns)
+        else:
+            slot = rng.randrange(self.count)
+            if slot < _KEPT_DURATIONS:
+                self.durations[slot] = block.duration_ns
+        if len(self.tasks) < 64 or (block.task, block.coroutine) in self.tasks:
+            self.tasks[(block.task, block.coroutine)] += 1
+
+    def figures(self) -> SiteFigures:
+        (task, coroutine), _ = self.tasks.most_common(1)[0] if self.tasks else ((None, None), 0)
+        return SiteFigures(self.kind, self.call, self.site, self.count, self.total_ns,
+                           self.max_ns, tuple(self.durations), self.stack, task, coroutine,
+                           self.thread_name)
+
+
+class LoopRecord:
+    """One loop's identity and the counters its hooks fill."""
+
+    def __init__(self, loop_id: int, loop: Any, kind: str, coverage: tuple[str, ...],
+                 missing: tuple[str, ...]) -> None:
+        self.loop_id = loop_id
+        self.loop_ref = weakref.ref(loop)
+        self.kind = kind
+        self.coverage = coverage
+        self.missing = missing
+        self.thread_id = threading.get_ident()
+        self.thread_name = threading.current_thread().name
+        self.timer: Any = None          # SelectTimer, for selector loops
+        self.heartbeat: Any = None      # Heartbeat, for loops without a Python selector
+        self.slot: Any = None           # the StepSlot of the thread running the loop
+        self.steps_done = 0
+        self.steps_base: int | None = None
+        self.blocks = 0
+        self.block_ns = 0
+        self.saturated_iterations = 0
+        self.last_block_end_ns = 0
+        self.closed = False
+
+    def run_started(self, slot: Any) -> None:
+        """The loop starts running on the calling thread."""
+        self.thread_id = threading.get_ident()
+        self.thread_name = threading.current_thread().name
+        self.slot = slot
+        self.steps_base = slot.seq if slot is not None else None
+        if self.timer is not None:
+            self.timer.forget_last()
+
+    def run_stopped(self) -> None:
+        if self.slot is not None and self.steps_base is not None:
+            self.steps_done += self.slot.seq - self.steps_base
+        self.steps_base = None
+        if self.timer is not None:
+            self.timer.forget_last()
+
+    def steps(self) -> int:
+        running = 0
+        if self.slot is not None and self.steps_base is not None:
+            running = self.slot.seq - self.steps_base
+        return self.steps_done + running
+
+    def on_long_iteration(self, start_ns: int, end_ns: int) -> None:
+        """An iteration at or over the threshold with no block in it was saturation: many
+        short steps ready at once. It is the loop's figure, never a hotspot."""
+        if self.last_block_end_ns < start_ns:
+            self.saturated_iterations += 1
+
+    def figures(self, full: bool, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None
+                ) -> LoopFigures:
+        timer = self.timer
+        heartbeat = self.heartbeat
+        if timer is not None:
+            histogram = tuple(timer.histogram())
+            lag_max = timer.max_busy_ns
+            lag_source = "iterations"
+        elif heartbeat is not None:
+            histogram = tuple(heartbeat.histogram())
+            lag_max = heartbeat.max_lag_ns
+            lag_source = "heartbeat"
+        else:
+            histogram, lag_max, lag_source = (), 0, "iterations"
+        steps_timeline: tuple[tuple[int, int, int], ...] = ()
+        if full and step_ring is not None and self.slot is not None:
+            steps_timeline = tuple(step_ring(self.slot))
+        return LoopFigures(
+            loop_id=self.loop_id, kind=self.kind, thread_id=self.thread_id,
+            thread_name=self.thread_name, coverage=self.coverage, missing=self.missing,
+            select_calls=timer.select_calls if timer is not None else None,
+            events=timer.events if timer is not None else None,
+            io_wait_ns=timer.io_wait_ns if timer is not None else None,
+            busy_ns=timer.busy_ns if timer is not None else None,
+            lag_source=lag_source,  # type: ignore[arg-type]
+            lag_histogram=histogram, lag_max_ns=lag_max,
+            steps=self.steps() if "steps" in self.coverage else None,
+            blocks=self.blocks, block_ns=self.block_ns,
+            long_iterations=timer.long_iterations if timer is not None else 0,
+            saturated_iterations=self.saturated_iterations,
+            selects=tuple(timer.ring()) if (full and timer is not None) else (),
+            steps_timeline=steps_timeline,
+        )
+
+
+class TaskStats:
+    __slots__ = ("block_ns", "blocks", "max_block_ns")
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.block_ns = 0
+        self.max_block_ns = 0
+
+
+class Recorder:
+    """Holds one installation's loops, blocks and aggregates; thread-safe."""
+
+    def __init__(self, options: Options, epoch_offset_ns: int) -> None:
+        self.options = options
+        self.epoch_offset_ns = epoch_offset_ns
+        self.started_ns = now_ns()
+        self._lock = threading.RLock()
+        self._rng = random.Random()  # our own: never touch the program's random state
+        self._loops: list[LoopRecord] = []
+        self._by_loop: weakref.WeakKeyDictionary[Any, LoopRecord] = weakref.WeakKeyDictionary()
+        self._blocks: deque[Block] = deque(maxlen=options.max_blocks)
+        self._sites: dict[tuple[str, str | None, str | None, int | None], SiteStats] = {}
+        self._tasks: dict[tuple[str, str | None], TaskStats] = {}
+        self._dropped: Counter[str] = Counter()
+        self._faults: dict[str, list[Any]] = {}
+        self._disablers: dict[str, Callable[[], None]] = {}
+        self.dispatcher: Dispatcher | None = None
+
+    # -- loops
+
+    def add_loop(self, loop: Any, kind: str, coverage: tuple[str, ...],
+                 missing: tuple[str, ...]) -> LoopRecord:
+        with self._lock:
+            record = self._by_loop.get(loop)
+            if record is None:
+                record = LoopRecord(len(self._loops) + 1, loop, kind, coverage, missing)
+                self._loops.append(record)
+                self._by_loop[loop] = record
+            return record
+
+    def loop_record(self, loop: Any) -> LoopRecord | None:
+        try:
+            return self._by_loop.get(loop)
+        except TypeError:  # not weak-referenceable: not a loop we could have attached
+            return None
+
+    def loop_records(self) -> list[LoopRecord]:
+        with self._lock:
+            return list(self._loops)
+
+    # -- blocks
+
+    def add_block(self, block: Block) -> None:
+        with self._lock:
+            if len(self._blocks) == self._blocks.maxlen:
+                self._dropped["blocks"] += 1  # evicted from the ring; still in the figures
+            self._blocks.append(block)
+            site = block.site
+            key = (block.kind, block.call, site.file if site else None, site.line if site else None)
+            stats = self._sites.get(key)
+            if stats is None:
+                if len(self._sites) >= self.options.max_sites:
+                    self._dropped["sites"] += 1
+                else:
+                    stats = self._sites[key] = SiteStats(block)
+            if stats is not None:
+                stats.add(block, self._rng)
+            task_key = (task_group(block.task or block.callback or "?"), block.coroutine)
+            task = self._tasks.get(task_key)
+            if task is None and len(self._tasks) < self.options.max_tasks:
+                task = self._tasks[task_key] = TaskStats()
+            if task is not None:
+                task.blocks += 1
+                task.block_ns += block.duration_ns
+                task.max_block_ns = max(task.max_block_ns, block.duration_ns)
+            for record in self._loops:
+                if record.loop_id == block.loop_id:
+                    record.blocks += 1
+                    record.block_ns += block.duration_ns
+                    break
+        if self.dispatcher is not None:
+            self.dispatcher.publish(block)
+
+    def drop(self, what: str, count: int = 1) -> None:
+        with self._lock:
+            self._dropped[what] += count
+
+    # -- faults
+
+    def on_fault(self, hook: str, disable: Callable[[], None]) -> None:
+        """Register what to do when ``hook`` fails: switch it off."""
+        self._disablers[hook] = disable
+
+    def fault(self, hook: str, exc: BaseException) -> None:
+        """An error inside a hook: count it, disable that hook, log once. Never raises."""
+        try:
+            with self._lock:
+                entry = self._faults.get(hook)
+                first = entry is None
+                if entry is None:
+                    entry = self._faults[hook] = [0, f"{type(exc).__name__}: {exc}"]
+                entry[0] += 1
+            if first:
+                disable = self._disablers.get(hook)
+                if disable is not None:
+                    disable()
+                logger.warning("looptrace: the %s hook failed and is now disabled "
+                               "(the program is not affected): %s: %s",
+                               hook, type(exc).__name__, exc)
+        except Exception:  # a fault while handling a fault: the program comes first
+            pass
+
+    # -- copy out
+
+    def recording(self, *, accelerated: bool, probes: int, owners: Any = None,
+                  step_ring: Callable[[Any], list[tuple[int, int, int]]] | None = None,
+                  extra_dropped: dict[str, int] | None = None) -> Recording:
+        full = self.options.mode == "full"
+        with self._lock:
+            loops = tuple(r.figures(full, step_ring) for r in self._loops)
+            sites = tuple(s.figures() for s in self._sites.values())
+            blocks = tuple(self._blocks)
+            tasks = [TaskFigures("task" if coroutine else "callback", name, coroutine, None, None,
+                                 t.blocks, t.block_ns, t.max_block_ns)
+                     for (name, coroutine), t in self._tasks.items()]
+            dropped = Counter(self._dropped)
+            faults = tuple(Fault(hook, count, error)
+                           for hook, (count, error) in self._faults.items())
+        owner_rows: tuple[tuple[str, str, str | None], ...] = ()
+        if owners is not None:
+            tasks = _merge_owner_rows(tasks, owners)
+            owner_rows = tuple((r.kind, r.name, r.coroutine) for r in owners.rows)
+            dropped["tasks"] += owners.dropped
+        for what, count in (extra_dropped or {}).items():
+            dropped[what] += count
+        return Recording(
+            threshold_ns=self.options.threshold_ns, mode=self.options.mode,
+            started_ns=self.started_ns, now_ns=now_ns(), epoch_offset_ns=self.epoch_offset_ns,
+            argv=tuple(sys.argv), pid=os.getpid(), loops=loops, sites=sites, blocks=blocks,
+            tasks=tuple(tasks), owners=owner_rows,
+            dropped=tuple(sorted((k, v) for k, v in dropped.items() if v)),
+            faults=faults, accelerated=accelerated, probes=probes,
+        )
+
+
+def _merge_owner_rows(tasks: list[TaskFigures], owners: Any) -> list[TaskFigures]:
+    """Full mode: join the per-owner busy time with the per-task block figures."""
+    by_key = {(t.name, t.coroutine): t for t in tasks}
+    merged = []
+    for oid, row in enumerate(owners.rows):
+        steps = owners.steps[oid]
+        if oid == 0 and not steps:
+            continue
+        blocks = by_key.pop((row.name, row.coroutine), None)
+        merged.append(TaskFigures(
+            "task" if row.kind == "task" else "callback", row.name, row.coroutine,
+            steps, owners.busy_ns[oid],
+            blocks.blocks if blocks else 0, blocks.block_ns if blocks else 0,
+            blocks.max_block_ns if blocks else 0))
+    merged.extend(by_key.values())
+    return merged
+
+
+def describe_site(site: CodeLocation | None) -> str:
+    return str(site) if site is not None else "(unknown site)"

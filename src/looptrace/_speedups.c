@@ -1,0 +1,754 @@
+/*
+ * looptrace._speedups: the hot path of looptrace in C.
+ *
+ * Two small objects replace pure-Python wrappers that run millions of times:
+ *
+ * StepHook    goes in place of asyncio.events.Handle._run. It times every step, publishes
+ *             the running handle and its start time in a per-thread StepSlot (read by the
+ *             watchdog thread), and calls back into Python only for a step at or over the
+ *             threshold. It calls the original _run, so asyncio's own exception handling,
+ *             tracebacks and messages are untouched.
+ * SelectTimer is set as a selector instance's `select`. It times every select/epoll wait and
+ *             the busy time between two waits, and keeps the loop's counters and a lag
+ *             histogram; in full mode it also fills a ring buffer with every wait.
+ *
+ * Both read the same clock as time.perf_counter_ns(). The pure-Python fallbacks in
+ * looptrace/_hooks/ implement the same interface and are tested against the same suite.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include "structmember.h"
+
+/* ---------------------------------------------------------------- clock */
+
+static inline long long
+now_ns(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t);
+    return (long long)t;
+#else
+    return (long long)_PyTime_GetPerfCounter();
+#endif
+}
+
+static PyObject *
+speedups_now_ns(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLongLong(now_ns());
+}
+
+/* Preserve the exception that is propagating out of a step while Python code of ours runs. */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} saved_error;
+
+static inline void
+save_error(saved_error *s)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    s->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&s->type, &s->value, &s->tb);
+#endif
+}
+
+static inline void
+restore_error(saved_error *s)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(s->exc);
+#else
+    PyErr_Restore(s->type, s->value, s->tb);
+#endif
+}
+
+/* ---------------------------------------------------------------- StepSlot */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *handle;               /* the handle whose step is running, or NULL */
+    long long start_ns;             /* when that step started */
+    unsigned long long seq;         /* steps started on this thread */
+    unsigned long long blocks;      /* steps at or over the threshold */
+    unsigned long thread_id;
+} StepSlot;
+
+static int
+StepSlot_traverse(StepSlot *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->handle);
+    return 0;
+}
+
+static int
+StepSlot_clear(StepSlot *self)
+{
+    Py_CLEAR(self->handle);
+    return 0;
+}
+
+static void
+StepSlot_dealloc(StepSlot *self)
+{
+    PyObject_GC_UnTrack(self);
+    StepSlot_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+StepSlot_get_handle(StepSlot *self, void *closure)
+{
+    PyObject *h = self->handle ? self->handle : Py_None;
+    Py_INCREF(h);
+    return h;
+}
+
+static PyMemberDef StepSlot_members[] = {
+    {"start_ns", T_LONGLONG, offsetof(StepSlot, start_ns), READONLY,
+     "perf_counter_ns() when the running step started."},
+    {"seq", T_ULONGLONG, offsetof(StepSlot, seq), READONLY, "Steps started on this thread."},
+    {"blocks", T_ULONGLONG, offsetof(StepSlot, blocks), READONLY,
+     "Steps on this thread that ran at or over the threshold."},
+    {"thread_id", T_ULONG, offsetof(StepSlot, thread_id), READONLY, "The thread's ident."},
+    {NULL}
+};
+
+static PyGetSetDef StepSlot_getset[] = {
+    {"handle", (getter)StepSlot_get_handle, NULL, "The handle whose step is running, or None.",
+     NULL},
+    {NULL}
+};
+
+static PyTypeObject StepSlot_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.StepSlot",
+    .tp_doc = "What one thread's event loop is running now; read by the watchdog.",
+    .tp_basicsize = sizeof(StepSlot),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)StepSlot_traverse,
+    .tp_clear = (inquiry)StepSlot_clear,
+    .tp_dealloc = (destructor)StepSlot_dealloc,
+    .tp_members = StepSlot_members,
+    .tp_getset = StepSlot_getset,
+};
+
+/* ---------------------------------------------------------------- StepHook */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;         /* the Handle._run we replaced */
+    PyObject *on_long_step;     /* on_long_step(handle, start_ns, end_ns, seq) */
+    PyObject *registry;         /* {thread ident: StepSlot} */
+    long long threshold_ns;
+    unsigned long long generation;
+    unsigned long long faults;
+    int enabled;
+} StepHook;
+
+/* Each thread caches its slot. The generation tells a slot of this hook from one of an
+ * earlier, uninstalled hook whose registry (and slots) may be gone. The pointer is borrowed:
+ * the registry owns the slot, and only slots of dead threads are ever pruned from it. */
+static _Thread_local StepSlot *tls_slot = NULL;
+static _Thread_local unsigned long long tls_generation = 0;
+static unsigned long long next_generation = 1;
+
+static StepSlot *
+slot_for_this_thread(StepHook *hook)
+{
+    if (tls_generation == hook->generation && tls_slot != NULL) {
+        return tls_slot;
+    }
+    unsigned long ident = PyThread_get_thread_ident();
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key == NULL) {
+        return NULL;
+    }
+    StepSlot *slot = (StepSlot *)PyDict_GetItemWithError(hook->registry, key);
+    if (slot == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        slot = PyObject_GC_New(StepSlot, &StepSlot_Type);
+        if (slot == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        slot->handle = NULL;
+        slot->start_ns = 0;
+        slot->seq = 0;
+        slot->blocks = 0;
+        slot->thread_id = ident;
+        PyObject_GC_Track(slot);
+        int failed = PyDict_SetItem(hook->registry, key, (PyObject *)slot);
+        Py_DECREF(slot);  /* the registry owns it now */
+        if (failed) {
+            Py_DECREF(key);
+            return NULL;
+        }
+    }
+    Py_DECREF(key);
+    tls_slot = slot;
+    tls_generation = hook->generation;
+    return slot;
+}
+
+static PyObject *
+StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    StepHook *hook = (StepHook *)callable;
+    if (!hook->enabled || PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        return PyObject_Vectorcall(hook->original, args, nargsf, kwnames);
+    }
+    StepSlot *slot = slot_for_this_thread(hook);
+    if (slot == NULL) {
+        PyErr_Clear();
+        hook->faults++;
+        return PyObject_Vectorcall(hook->original, args, nargsf, kwnames);
+    }
+    /* The step runs arbitrary code, which may uninstall looptrace and drop the registry. */
+    Py_INCREF(slot);
+    PyObject *handle = args[0];
+    Py_INCREF(handle);
+    PyObject *outer_handle = slot->handle;   /* non-NULL only for nested loops in one thread */
+    long long outer_start = slot->start_ns;
+    unsigned long long seq = ++slot->seq;
+    long long start = now_ns();
+    slot->handle = handle;
+    slot->start_ns = start;
+
+    PyObject *result = PyObject_Vectorcall(hook->original, args, nargsf, NULL);
+
+    long long end = now_ns();
+    slot->handle = outer_handle;
+    slot->start_ns = outer_start;
+    if (end - start >= hook->threshold_ns && hook->enabled) {
+        slot->blocks++;
+        saved_error saved;
+        save_error(&saved);
+        PyObject *r = PyObject_CallFunction(hook->on_long_step, "OLLK", handle, start, end, seq);
+        if (r == NULL) {
+            PyErr_Clear();   /* never raise into the program; the Python side counts faults */
+            hook->faults++;
+        }
+        else {
+            Py_DECREF(r);
+        }
+        restore_error(&saved);
+    }
+    Py_DECREF(handle);
+    Py_DECREF(slot);
+    return result;
+}
+
+static PyObject *
+StepHook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "on_long_step", "threshold_ns", NULL};
+    PyObject *original, *on_long_step;
+    long long threshold_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOL", kwlist, &original, &on_long_step,
+                                     &threshold_ns)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(original) || !PyCallable_Check(on_long_step)) {
+        PyErr_SetString(PyExc_TypeError, "original and on_long_step must be callable");
+        return NULL;
+    }
+    StepHook *self = (StepHook *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->registry = PyDict_New();
+    if (self->registry == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->vectorcall = StepHook_vectorcall;
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(on_long_step);
+    self->on_long_step = on_long_step;
+    self->threshold_ns = threshold_ns;
+    self->generation = next_generation++;
+    self->faults = 0;
+    self->enabled = 1;
+    return (PyObject *)self;
+}
+
+static int
+StepHook_traverse(StepHook *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->on_long_step);
+    Py_VISIT(self->registry);
+    return 0;
+}
+
+static int
+StepHook_clear(StepHook *self)
+{
+    self->enabled = 0;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->on_long_step);
+    Py_CLEAR(self->registry);
+    return 0;
+}
+
+static void
+StepHook_dealloc(StepHook *self)
+{
+    PyObject_GC_UnTrack(self);
+    StepHook_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* As a class attribute it binds like a function: `handle._run()` passes the handle. */
+static PyObject *
+StepHook_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+StepHook_slots(StepHook *self, PyObject *unused)
+{
+    if (self->registry == NULL) {
+        return PyList_New(0);
+    }
+    return PyDict_Values(self->registry);
+}
+
+static PyObject *
+StepHook_current_slot(StepHook *self, PyObject *unused)
+{
+    if (self->registry == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the step hook was cleared");
+        return NULL;
+    }
+    StepSlot *slot = slot_for_this_thread(self);
+    if (slot == NULL) {
+        return NULL;
+    }
+    Py_INCREF(slot);
+    return (PyObject *)slot;
+}
+
+/* Drop the slots of threads that no longer exist; `alive` holds the idents that do. */
+static PyObject *
+StepHook_prune(StepHook *self, PyObject *alive)
+{
+    if (self->registry == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *keys = PyDict_Keys(self->registry);
+    if (keys == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        int contained = PySequence_Contains(alive, key);
+        if (contained < 0) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+        if (!contained && PyDict_DelItem(self->registry, key) < 0) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+    }
+    Py_DECREF(keys);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+StepHook_get_wrapped(StepHook *self, void *closure)
+{
+    PyObject *o = self->original ? self->original : Py_None;
+    Py_INCREF(o);
+    return o;
+}
+
+static PyObject *
+StepHook_get_name(StepHook *self, void *closure)
+{
+    return PyUnicode_FromString("_run");
+}
+
+static PyMethodDef StepHook_methods[] = {
+    {"slots", (PyCFunction)StepHook_slots, METH_NOARGS, "The slots of every thread seen."},
+    {"current_slot", (PyCFunction)StepHook_current_slot, METH_NOARGS,
+     "The calling thread's slot, created on first use."},
+    {"prune", (PyCFunction)StepHook_prune, METH_O,
+     "Forget the slots of threads whose ident is not in the given collection."},
+    {NULL}
+};
+
+static PyMemberDef StepHook_members[] = {
+    {"threshold_ns", T_LONGLONG, offsetof(StepHook, threshold_ns), 0,
+     "Steps this long or longer are reported to on_long_step."},
+    {"enabled", T_INT, offsetof(StepHook, enabled), 0,
+     "0 turns the hook into a plain call of the original."},
+    {"faults", T_ULONGLONG, offsetof(StepHook, faults), READONLY,
+     "Errors swallowed by the hook itself."},
+    {NULL}
+};
+
+static PyGetSetDef StepHook_getset[] = {
+    {"__wrapped__", (getter)StepHook_get_wrapped, NULL, "The original Handle._run.", NULL},
+    {"__name__", (getter)StepHook_get_name, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyTypeObject StepHook_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.StepHook",
+    .tp_doc = "StepHook(original, on_long_step, threshold_ns): a timed Handle._run.",
+    .tp_basicsize = sizeof(StepHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR
+                | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = StepHook_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(StepHook, vectorcall),
+    .tp_descr_get = StepHook_descr_get,
+    .tp_traverse = (traverseproc)StepHook_traverse,
+    .tp_clear = (inquiry)StepHook_clear,
+    .tp_dealloc = (destructor)StepHook_dealloc,
+    .tp_methods = StepHook_methods,
+    .tp_members = StepHook_members,
+    .tp_getset = StepHook_getset,
+};
+
+/* ---------------------------------------------------------------- SelectTimer */
+
+/* Lag histogram: 8 sub-buckets per power of two, so a percentile read from it is within
+ * 1/8 (12.5%) of the true value, from 16 ns to 2**63 ns. */
+#define HIST_SUB_BITS 3
+#define HIST_SUB (1 << HIST_SUB_BITS)
+#define HIST_BUCKETS (64 * HIST_SUB)
+
+static inline int
+hist_index(long long v)
+{
+    if (v < HIST_SUB * 2) {
+        return (int)(v < 0 ? 0 : v);
+    }
+    int bits = 63 - __builtin_clzll((unsigned long long)v);   /* floor(log2(v)) */
+    int sub = (int)((v >> (bits - HIST_SUB_BITS)) & (HIST_SUB - 1));
+    return (bits - HIST_SUB_BITS + 1) * HIST_SUB + sub;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;           /* the selector's bound select method */
+    PyObject *on_long_iteration;  /* on_long_iteration(start_ns, end_ns) */
+    long long threshold_ns;
+    long long last_end_ns;        /* when the previous select returned; 0 = none yet */
+    unsigned long long select_calls;
+    unsigned long long events;
+    long long io_wait_ns;
+    long long busy_ns;
+    long long max_busy_ns;
+    unsigned long long long_iterations;
+    unsigned long long faults;
+    unsigned long long hist[HIST_BUCKETS];
+    /* full mode: ring of (start_ns, duration_ns, timeout_ns or -1, events) */
+    long long *ring;
+    Py_ssize_t ring_capacity;     /* in records */
+    unsigned long long ring_written;
+    int enabled;
+} SelectTimer;
+
+static PyObject *
+SelectTimer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames)
+{
+    SelectTimer *self = (SelectTimer *)callable;
+    if (!self->enabled) {
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    long long start = now_ns();
+    PyObject *ready = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    long long end = now_ns();
+    if (ready == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_Check(ready) ? PyList_GET_SIZE(ready) : 0;
+    self->select_calls++;
+    self->events += (unsigned long long)n;
+    self->io_wait_ns += end - start;
+    if (self->last_end_ns) {
+        long long busy = start - self->last_end_ns;
+        self->busy_ns += busy;
+        self->hist[hist_index(busy)]++;
+        if (busy > self->max_busy_ns) {
+            self->max_busy_ns = busy;
+        }
+        if (busy >= self->threshold_ns) {
+            self->long_iterations++;
+            PyObject *r = PyObject_CallFunction(self->on_long_iteration, "LL",
+                                                self->last_end_ns, start);
+            if (r == NULL) {
+                PyErr_Clear();
+                self->faults++;
+            }
+            else {
+                Py_DECREF(r);
+            }
+        }
+    }
+    self->last_end_ns = end;
+    if (self->ring != NULL) {
+        long long timeout_ns = -1;
+        PyObject *timeout = NULL;
+        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+        if (nargs >= 1) {
+            timeout = args[0];
+        }
+        if (timeout != NULL && timeout != Py_None) {
+            double t = PyFloat_AsDouble(timeout);
+            if (t == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            else {
+                timeout_ns = (long long)(t * 1e9);
+            }
+        }
+        long long *rec = self->ring + 4 * (self->ring_written % (unsigned long long)self->ring_capacity);
+        rec[0] = start;
+        rec[1] = end - start;
+        rec[2] = timeout_ns;
+        rec[3] = (long long)n;
+        self->ring_written++;
+    }
+    return ready;
+}
+
+static PyObject *
+SelectTimer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "on_long_iteration", "threshold_ns", "ring_capacity",
+                             NULL};
+    PyObject *original, *on_long_iteration;
+    long long threshold_ns;
+    Py_ssize_t ring_capacity = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOL|n", kwlist, &original, &on_long_iteration,
+                                     &threshold_ns, &ring_capacity)) {
+        return NULL;
+    }
+    if (ring_capacity < 0) {
+        PyErr_SetString(PyExc_ValueError, "ring_capacity must be >= 0");
+        return NULL;
+    }
+    SelectTimer *self = (SelectTimer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (ring_capacity > 0) {
+        self->ring = PyMem_Calloc((size_t)ring_capacity * 4, sizeof(long long));
+        if (self->ring == NULL) {
+            Py_DECREF(self);
+            return PyErr_NoMemory();
+        }
+        self->ring_capacity = ring_capacity;
+    }
+    self->vectorcall = SelectTimer_vectorcall;
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(on_long_iteration);
+    self->on_long_iteration = on_long_iteration;
+    self->threshold_ns = threshold_ns;
+    self->enabled = 1;
+    return (PyObject *)self;
+}
+
+static int
+SelectTimer_traverse(SelectTimer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->on_long_iteration);
+    return 0;
+}
+
+static int
+SelectTimer_clear(SelectTimer *self)
+{
+    self->enabled = 0;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->on_long_iteration);
+    return 0;
+}
+
+static void
+SelectTimer_dealloc(SelectTimer *self)
+{
+    PyObject_GC_UnTrack(self);
+    SelectTimer_clear(self);
+    PyMem_Free(self->ring);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+SelectTimer_histogram(SelectTimer *self, PyObject *unused)
+{
+    /* [(bucket_low_ns, count), ...] for the non-empty buckets */
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        if (self->hist[i] == 0) {
+            continue;
+        }
+        long long low;
+        if (i < HIST_SUB * 2) {
+            low = i;
+        }
+        else {
+            int bits = i / HIST_SUB + HIST_SUB_BITS - 1;
+            int sub = i % HIST_SUB;
+            low = (1LL << bits) + ((long long)sub << (bits - HIST_SUB_BITS));
+        }
+        PyObject *item = Py_BuildValue("(LK)", low, self->hist[i]);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+static PyObject *
+SelectTimer_ring(SelectTimer *self, PyObject *unused)
+{
+    /* The kept waits, oldest first, as (start_ns, duration_ns, timeout_ns, events). */
+    if (self->ring == NULL) {
+        return PyList_New(0);
+    }
+    unsigned long long cap = (unsigned long long)self->ring_capacity;
+    unsigned long long count = self->ring_written < cap ? self->ring_written : cap;
+    unsigned long long first = self->ring_written - count;
+    PyObject *out = PyList_New((Py_ssize_t)count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (unsigned long long k = 0; k < count; k++) {
+        long long *rec = self->ring + 4 * ((first + k) % cap);
+        PyObject *item = Py_BuildValue("(LLLL)", rec[0], rec[1], rec[2], rec[3]);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)k, item);
+    }
+    return out;
+}
+
+static PyObject *
+SelectTimer_forget_last(SelectTimer *self, PyObject *unused)
+{
+    /* The loop stopped: the time until it runs again is not busy time. */
+    self->last_end_ns = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef SelectTimer_methods[] = {
+    {"histogram", (PyCFunction)SelectTimer_histogram, METH_NOARGS,
+     "Busy time per iteration: [(bucket_low_ns, count)] for non-empty buckets."},
+    {"ring", (PyCFunction)SelectTimer_ring, METH_NOARGS,
+     "Full mode: the kept waits, oldest first, as (start_ns, duration_ns, timeout_ns, events)."},
+    {"forget_last", (PyCFunction)SelectTimer_forget_last, METH_NOARGS,
+     "Start a new busy period: the loop stopped and will run again later."},
+    {NULL}
+};
+
+static PyMemberDef SelectTimer_members[] = {
+    {"threshold_ns", T_LONGLONG, offsetof(SelectTimer, threshold_ns), 0, NULL},
+    {"enabled", T_INT, offsetof(SelectTimer, enabled), 0, NULL},
+    {"select_calls", T_ULONGLONG, offsetof(SelectTimer, select_calls), READONLY, NULL},
+    {"events", T_ULONGLONG, offsetof(SelectTimer, events), READONLY, NULL},
+    {"io_wait_ns", T_LONGLONG, offsetof(SelectTimer, io_wait_ns), READONLY, NULL},
+    {"busy_ns", T_LONGLONG, offsetof(SelectTimer, busy_ns), READONLY, NULL},
+    {"max_busy_ns", T_LONGLONG, offsetof(SelectTimer, max_busy_ns), READONLY, NULL},
+    {"long_iterations", T_ULONGLONG, offsetof(SelectTimer, long_iterations), READONLY, NULL},
+    {"last_end_ns", T_LONGLONG, offsetof(SelectTimer, last_end_ns), READONLY, NULL},
+    {"ring_written", T_ULONGLONG, offsetof(SelectTimer, ring_written), READONLY, NULL},
+    {"ring_capacity", T_PYSSIZET, offsetof(SelectTimer, ring_capacity), READONLY, NULL},
+    {"faults", T_ULONGLONG, offsetof(SelectTimer, faults), READONLY, NULL},
+    {NULL}
+};
+
+static PyGetSetDef SelectTimer_getset[] = {
+    {"__wrapped__", (getter)StepHook_get_wrapped, NULL, "The selector's own select.", NULL},
+    {NULL}
+};
+
+static PyTypeObject SelectTimer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.SelectTimer",
+    .tp_doc = "SelectTimer(original, on_long_iteration, threshold_ns, ring_capacity=0): "
+              "a timed selector.select.",
+    .tp_basicsize = sizeof(SelectTimer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = SelectTimer_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(SelectTimer, vectorcall),
+    .tp_traverse = (traverseproc)SelectTimer_traverse,
+    .tp_clear = (inquiry)SelectTimer_clear,
+    .tp_dealloc = (destructor)SelectTimer_dealloc,
+    .tp_methods = SelectTimer_methods,
+    .tp_members = SelectTimer_members,
+    .tp_getset = SelectTimer_getset,
+};
+
+/* ---------------------------------------------------------------- module */
+
+static PyMethodDef module_methods[] = {
+    {"now_ns", speedups_now_ns, METH_NOARGS, "The clock of time.perf_counter_ns()."},
+    {NULL}
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "looptrace._speedups",
+    .m_doc = "C accelerator for looptrace's step and select hooks.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
+        || PyType_Ready(&SelectTimer_Type) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "StepSlot", (PyObject *)&StepSlot_Type) < 0
+        || PyModule_AddObjectRef(m, "StepHook", (PyObject *)&StepHook_Type) < 0
+        || PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimer_Type) < 0
+        || PyModule_AddIntConstant(m, "HIST_SUB_BITS", HIST_SUB_BITS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,130 @@
+"""From a recording (raw integers) to a :class:`~looptrace.session.Session` (the report)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import UTC, datetime
+
+from ._histogram import percentile
+from .events import Block, LoopFigures, Recording, SiteFigures
+from .hotspots import advise
+from .session import (
+    BlockEvent,
+    FaultSummary,
+    Hotspot,
+    Lag,
+    LoopSummary,
+    LoopTimeline,
+    Owner,
+    Session,
+    TaskSummary,
+    Timeline,
+)
+
+
+def ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def _opt_ms(ns: int | None) -> float | None:
+    return None if ns is None else ms(ns)
+
+
+def loop_summary(figures: LoopFigures) -> LoopSummary:
+    busy, idle = figures.busy_ns, figures.io_wait_ns
+    utilization = None
+    if busy is not None and idle is not None and busy + idle > 0:
+        utilization = round(busy / (busy + idle), 4)
+    histogram = figures.lag_histogram
+    return LoopSummary(
+        id=figures.loop_id, thread=figures.thread_name, thread_id=figures.thread_id,
+        kind=figures.kind, coverage=figures.coverage, missing=figures.missing,
+        iterations=figures.select_calls, select_calls=figures.select_calls,
+        events=figures.events, io_wait_ms=_opt_ms(idle), busy_ms=_opt_ms(busy),
+        utilization=utilization,
+        lag_ms=Lag(_opt_ms(percentile(histogram, 0.50, figures.lag_max_ns)),
+                   _opt_ms(percentile(histogram, 0.99, figures.lag_max_ns)),
+                   ms(figures.lag_max_ns) if histogram else None, figures.lag_source),
+        steps=figures.steps, blocks=figures.blocks, block_ms=ms(figures.block_ns),
+        long_iterations=figures.long_iterations,
+        saturated_iterations=figures.saturated_iterations,
+    )
+
+
+def median_low(values: tuple[int, ...]) -> int:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0
+
+
+def hotspot(site: SiteFigures) -> Hotspot:
+    return Hotspot(
+        kind=site.kind, call=site.call, site=site.site, count=site.count,
+        total_ms=ms(site.total_ns), max_ms=ms(site.max_ns),
+        p50_ms=ms(median_low(site.durations_ns)), thread=site.thread_name, task=site.task,
+        coroutine=site.coroutine, stack=site.stack, advice=advise(site.kind, site.call),
+    )
+
+
+def block_event(block: Block, recording: Recording) -> BlockEvent:
+    return BlockEvent(
+        loop=block.loop_id, thread=block.thread_name, thread_id=block.thread_id,
+        start_ms=ms(block.start_ns - recording.started_ns),
+        start_unix_ns=block.start_ns + recording.epoch_offset_ns,
+        duration_ms=ms(block.duration_ns), duration_source=block.duration_source,
+        kind=block.kind, call=block.call, site=block.site, site_source=block.site_source,
+        task=block.task, coroutine=block.coroutine, callback=block.callback,
+        samples=block.samples,
+        trace_id=f"{block.trace_id:032x}" if block.trace_id is not None else None,
+        span_id=f"{block.span_id:016x}" if block.span_id is not None else None,
+        stack=block.stack,
+    )
+
+
+def timeline(recording: Recording) -> Timeline | None:
+    if recording.mode != "full":
+        return None
+    start = recording.started_ns
+    loops = []
+    for figures in recording.loops:
+        selects = tuple((ms(s - start), ms(d), None if t < 0 else ms(t), n)
+                        for s, d, t, n in figures.selects)
+        steps = tuple((ms(s - start), ms(d), owner) for s, d, owner in figures.steps_timeline)
+        loops.append(LoopTimeline(figures.loop_id, selects, steps))
+    owners = tuple(Owner(kind, name, coroutine) for kind, name, coroutine in recording.owners)
+    return Timeline(owners, tuple(loops))
+
+
+def session_from(recording: Recording, version: str) -> Session:
+    started_unix_ns = recording.started_ns + recording.epoch_offset_ns
+    started_at = datetime.fromtimestamp(started_unix_ns / 1e9, tz=UTC)
+    hotspots = sorted((hotspot(s) for s in recording.sites),
+                      key=lambda h: (-h.total_ms, -h.count, h.call or ""))
+    tasks = sorted(
+        (TaskSummary(t.kind, t.name, t.coroutine, t.steps,
+                     _opt_ms(t.busy_ns), t.blocks, ms(t.block_ns), ms(t.max_block_ns))
+         for t in recording.tasks),
+        key=lambda t: (-t.block_ms, -(t.busy_ms or 0.0), t.name))
+    return Session(
+        looptrace_version=version,
+        python=platform.python_version(),
+        implementation=platform.python_implementation(),
+        platform=sys.platform,
+        argv=recording.argv,
+        pid=recording.pid,
+        started_at=started_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        started_unix_ns=started_unix_ns,
+        threshold_ms=recording.threshold_ns / 1e6,
+        mode=recording.mode,
+        accelerated=recording.accelerated,
+        probes=recording.probes,
+        wall_ms=ms(recording.now_ns - recording.started_ns),
+        loops=tuple(loop_summary(f) for f in recording.loops),
+        hotspots=tuple(hotspots),
+        blocks=tuple(block_event(b, recording)
+                     for b in sorted(recording.blocks, key=lambda b: b.start_ns)),
+        tasks=tuple(tasks),
+        timeline=timeline(recording),
+        dropped=dict(recording.dropped),
+        faults=tuple(FaultSummary(f.hook, f.count, f.error) for f in recording.faults),
+    )

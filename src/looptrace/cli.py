@@ -1,0 +1,299 @@
+"""The command line.
+
+    looptrace run [options] script.py [args...]     run a program under looptrace
+    looptrace run [options] -m module [args...]     the same for ``python -m module``
+    looptrace report FILE [--format F] [-o OUT]     render a saved JSON report
+
+The program runs as it would under ``python``: its ``sys.argv``, ``sys.path[0]``,
+``__main__``, standard streams and exit status are its own. The summary goes to stderr
+at exit, and report files are written even when the program raises. Bad input gets one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+from ._version import __version__
+from .session import ReportError, Session
+
+# Output formats: option, format name, renderer module (each has render(session) -> str).
+RENDERERS = {
+    "text": "looptrace.exporters.text",
+    "json": "looptrace.exporters.json",
+    "html": "looptrace.exporters.html",
+    "chrome": "looptrace.exporters.chrome",
+    "jaeger": "looptrace.exporters.jaeger_json",
+}
+FILE_OPTIONS = (("json", "json"), ("html", "html"), ("chrome_trace", "chrome"),
+                ("jaeger_json", "jaeger"))
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be a number of milliseconds, "
+                                         f"got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"threshold must be a positive number of "
+                                         f"milliseconds, got {text!r}")
+    return value
+
+
+def _output_path(text: str) -> str:
+    """A path we will be able to write at exit; checked now, before the program runs."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty output path")
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {directory!r} "
+                                         "does not exist")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path)
+                                             and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
+    return path
+
+
+def _otlp(text: str) -> bool | str:
+    if text == "true":
+        return True
+    if text.startswith(("http://", "https://")):
+        return text
+    raise argparse.ArgumentTypeError(f"--otlp takes an http(s):// endpoint, got {text!r}")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="looptrace", description="Find where an asyncio program loses its "
+                     "time: select waits, steps, and every block of the event loop.")
+    parser.add_argument("--version", action="version", version=f"looptrace {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a Python program under looptrace",
+                              usage="looptrace run [options] (script.py | -m module) [args...]")
+    run.add_argument("--threshold-ms", type=_threshold, metavar="N",
+                     help="a step this long or longer is a block (default 100)")
+    run.add_argument("--mode", choices=("default", "full"),
+                     help="full: also record every step and wait, for timelines")
+    run.add_argument("--no-probes", action="store_true",
+                     help="do not wrap known blocking functions")
+    run.add_argument("--json", type=_output_path, metavar="PATH", help="write the JSON report")
+    run.add_argument("--html", type=_output_path, metavar="PATH", help="write the HTML report")
+    run.add_argument("--chrome-trace", type=_output_path, metavar="PATH",
+                     help="write a Chrome/Perfetto trace")
+    run.add_argument("--jaeger-json", type=_output_path, metavar="PATH",
+                     help="write a trace file for the Jaeger UI's JSON upload")
+    run.add_argument("--otlp", type=_otlp, metavar="ENDPOINT", nargs="?", const=True,
+                     help="export blocks as OpenTelemetry spans over OTLP/HTTP "
+                          "(default endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)")
+    run.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    run.add_argument("-m", dest="module", metavar="module", help="run a module as a script")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="script.py [args...]")
+
+    report = commands.add_parser("report", help="render a saved JSON report",
+                                 usage="looptrace report FILE [--format F] [-o OUT]")
+    report.add_argument("file", metavar="FILE")
+    report.add_argument("--format", choices=tuple(RENDERERS), default="text")
+    report.add_argument("-o", "--output", type=_output_path, metavar="OUT",
+                        help="write here instead of standard output")
+    return parser
+
+
+_VALUE_OPTIONS = {"--threshold-ms", "--mode", "--json", "--html", "--chrome-trace",
+                  "--jaeger-json", "--format", "-o", "--output"}
+
+
+def _split_otlp(argv: list[str]) -> list[str]:
+    """``--otlp`` takes an optional endpoint; a bare ``--otlp`` before the script must not
+    swallow the script's name. Everything from the program on is left alone."""
+    out: list[str] = []
+    index = 0
+    if argv and argv[0] in ("run", "report"):
+        out.append(argv[0])
+        index = 1
+    while index < len(argv):
+        token = argv[index]
+        if token in _VALUE_OPTIONS or token == "-m":
+            out.extend(argv[index:index + 2])
+            index += 2
+            if token == "-m":
+                break
+            continue
+        if token == "--otlp":
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            out.append(token if following.startswith(("http://", "https://")) else "--otlp=true")
+            index += 1
+            continue
+        if token.startswith("-") and token != "-":
+            out.append(token)
+            index += 1
+            continue
+        break
+    out.extend(argv[index:])
+    return out
+
+
+def render(session: Session, fmt: str) -> str:
+    module_name = RENDERERS[fmt]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"the {fmt} format is not available in this installation "
+                         f"({exc})") from None
+    text: str = module.render(session)
+    return text
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_outputs(session: Session, ns: argparse.Namespace) -> None:
+    for option, fmt in FILE_OPTIONS:
+        path = getattr(ns, option)
+        if path:
+            try:
+                _write(path, render(session, fmt))
+            except (OSError, UsageError) as exc:
+                print(f"looptrace: could not write {path}: {exc}", file=sys.stderr)
+
+
+def _trimmed(tb: TracebackType | None) -> TracebackType | None:
+    """Drop looptrace's and runpy's frames from the head of the program's traceback."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None:
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if filename.startswith(here + os.sep) or os.path.basename(filename) == "runpy.py":
+            tb = tb.tb_next
+        else:
+            break
+    return tb
+
+
+def _prepare_program(ns: argparse.Namespace) -> tuple[str, str]:
+    """Check the program exists and set sys.argv/sys.path[0] as python would."""
+    if ns.module:
+        try:
+            spec = importlib.util.find_spec(ns.module)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"cannot run module {ns.module!r}: {exc}") from None
+        if spec is None:
+            raise UsageError(f"no module named {ns.module!r}")
+        sys.argv = [ns.module, *ns.program]
+        sys.path[0] = os.getcwd()
+        return "module", ns.module
+    if not ns.program:
+        raise UsageError("nothing to run: give a script or -m module "
+                         "(see 'looptrace run --help')")
+    script, *args = ns.program
+    if not os.path.exists(script):
+        raise UsageError(f"can't open file {script!r}: no such file")
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    return "path", script
+
+
+def _options(ns: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if ns.threshold_ms is not None:
+        options["threshold_ms"] = ns.threshold_ms
+    if ns.mode is not None:
+        options["mode"] = ns.mode
+    if ns.no_probes:
+        options["probes"] = False
+    if ns.otlp is not None:
+        options["otlp"] = ns.otlp
+    return options
+
+
+def run_command(ns: argparse.Namespace) -> int:
+    import looptrace
+
+    kind, target = _prepare_program(ns)
+    try:
+        looptrace.install(**_options(ns))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc).removeprefix("looptrace: ")) from None
+
+    pending: BaseException | None = None
+    status = 0
+    try:
+        if kind == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit as exc:
+        pending = exc
+    except KeyboardInterrupt as exc:
+        pending = exc
+    except BaseException as exc:
+        sys.excepthook(type(exc), exc, _trimmed(exc.__traceback__))
+        status = 1
+    finally:
+        session = looptrace.uninstall()
+        if session is not None:
+            _write_outputs(session, ns)
+            if not ns.quiet:
+                try:
+                    sys.stdout.flush()
+                except (OSError, ValueError):
+                    pass
+                sys.stderr.write("\n" + render(session, "text"))
+                sys.stderr.flush()
+    if pending is not None:
+        raise pending
+    return status
+
+
+def report_command(ns: argparse.Namespace) -> int:
+    try:
+        session = Session.load(ns.file)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    text = render(session, ns.format)
+    if ns.output:
+        _write(ns.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(_split_otlp(args))
+        if ns.command == "run":
+            return run_command(ns)
+        if ns.command == "report":
+            return report_command(ns)
+        parser.print_help(sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"looptrace: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,175 @@
+"""Records: what looptrace observed, as plain immutable values.
+
+These are the words every layer shares. Hooks produce them, the recorder aggregates them,
+the session serialises them and exporters render them. They hold strings and integers only,
+never frames, tasks or other live objects, so keeping thousands of them costs little and
+never keeps the traced program's objects alive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+_DEFAULT_TASK_NAME = re.compile(r"Task-\d+\Z")
+
+
+def task_group(name: str) -> str:
+    """The per-task table's row name: asyncio's default names (``Task-123``) identify no
+    one, so such tasks are grouped (by coroutine) under ``Task-*``."""
+    return "Task-*" if _DEFAULT_TASK_NAME.match(name) else name
+
+BlockKind = Literal["blocking-call", "slow-step"]
+"""``blocking-call``: a probe on a known blocking function explains most of the block.
+``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O)."""
+
+SiteSource = Literal["probe", "samples", "await-point", "callback", "unknown"]
+"""How a block's site was found, from most to least exact."""
+
+DurationSource = Literal["step-timer", "heartbeat"]
+"""``step-timer``: measured around the step. ``heartbeat``: the lateness of a timer, on
+loops whose steps cannot be timed (uvloop); a lower bound of the real block."""
+
+
+@dataclass(frozen=True, slots=True)
+class CodeLocation:
+    """A line of code: absolute file path, line number, qualified function name."""
+
+    file: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCall:
+    """A known blocking function that ran on a loop thread, timed by its probe."""
+
+    call: str
+    start_ns: int
+    duration_ns: int
+    thread_id: int
+    site: CodeLocation | None
+    stack: tuple[CodeLocation, ...]
+    task: str | None
+    trace_id: int | None
+    span_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One step of the loop that ran at or over the threshold: the loop was blocked."""
+
+    loop_id: int
+    thread_id: int
+    thread_name: str
+    start_ns: int
+    duration_ns: int
+    duration_source: DurationSource
+    kind: BlockKind
+    call: str | None
+    site: CodeLocation | None
+    site_source: SiteSource
+    stack: tuple[CodeLocation, ...]
+    task: str | None
+    coroutine: str | None
+    callback: str | None
+    samples: int
+    trace_id: int | None
+    span_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopFigures:
+    """What one loop did, as counted by the hooks (raw integers, nanoseconds)."""
+
+    loop_id: int
+    kind: str
+    thread_id: int
+    thread_name: str
+    coverage: tuple[str, ...]
+    missing: tuple[str, ...]
+    select_calls: int | None
+    events: int | None
+    io_wait_ns: int | None
+    busy_ns: int | None
+    lag_source: Literal["iterations", "heartbeat"]
+    lag_histogram: tuple[tuple[int, int], ...]
+    lag_max_ns: int
+    steps: int | None
+    blocks: int
+    block_ns: int
+    long_iterations: int
+    saturated_iterations: int
+    selects: tuple[tuple[int, int, int, int], ...] = ()
+    """Full mode: kept select waits, (start_ns, duration_ns, timeout_ns or -1, events)."""
+    steps_timeline: tuple[tuple[int, int, int], ...] = ()
+    """Full mode: kept steps, (start_ns, duration_ns, owner id into ``Recording.owners``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteFigures:
+    """Every block at one site (with one kind and call), aggregated."""
+
+    kind: BlockKind
+    call: str | None
+    site: CodeLocation | None
+    count: int
+    total_ns: int
+    max_ns: int
+    durations_ns: tuple[int, ...]
+    """All durations while there are few, then a uniform sample of them."""
+    stack: tuple[CodeLocation, ...]
+    task: str | None
+    coroutine: str | None
+    thread_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFigures:
+    """One row of the per-task table: a named task, a group of default-named tasks running
+    one coroutine, or a plain callback function."""
+
+    kind: Literal["task", "callback"]
+    name: str
+    coroutine: str | None
+    steps: int | None
+    busy_ns: int | None
+    blocks: int
+    block_ns: int
+    max_block_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An error inside one of looptrace's hooks: counted, logged once, hook disabled."""
+
+    hook: str
+    count: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """Everything recorded so far, copied out of the recorder at one instant."""
+
+    threshold_ns: int
+    mode: str
+    started_ns: int
+    now_ns: int
+    epoch_offset_ns: int
+    argv: tuple[str, ...]
+    pid: int
+    loops: tuple[LoopFigures, ...]
+    sites: tuple[SiteFigures, ...]
+    blocks: tuple[Block, ...]
+    tasks: tuple[TaskFigures, ...]
+    owners: tuple[tuple[str, str, str | None], ...]
+    """Full mode: owner id -> (kind, name, coroutine), for ``LoopFigures.steps_timeline``."""
+    dropped: tuple[tuple[str, int], ...]
+    faults: tuple[Fault, ...]
+    accelerated: bool
+    probes: int

@@ -1,0 +1,1 @@
+"""Renderers: each reads a :class:`~looptrace.session.Session` and nothing else."""

@@ -1,0 +1,116 @@
+"""The terminal summary: hotspots by total time, each with its site, call and fix, then
+how busy each loop was."""
+
+from __future__ import annotations
+
+import os
+
+from looptrace.events import CodeLocation
+from looptrace.session import Hotspot, LoopSummary, Session
+
+_MAX_HOTSPOTS = 10
+
+
+def short_path(path: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def where(site: CodeLocation | None) -> str:
+    if site is None:
+        return "(site unknown)"
+    return f"{short_path(site.file)}:{site.line} in {site.function}"
+
+
+def _duration(value_ms: float | None) -> str:
+    if value_ms is None:
+        return "n/a"
+    if value_ms >= 1000:
+        return f"{value_ms / 1000:.2f} s"
+    if value_ms >= 10:
+        return f"{value_ms:.0f} ms"
+    return f"{value_ms:.2f} ms"
+
+
+def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
+    title = hotspot.call or "(no blocking function named)"
+    lines = [
+        f"  {number}. {hotspot.kind}  {title}",
+        f"     at {where(hotspot.site)}",
+        f"     {hotspot.count}x  total {_duration(hotspot.total_ms)}  "
+        f"max {_duration(hotspot.max_ms)}  p50 {_duration(hotspot.p50_ms)}"
+        f"  thread {hotspot.thread}",
+    ]
+    if hotspot.task or hotspot.coroutine:
+        lines.append(f"     task {hotspot.task or '?'} ({hotspot.coroutine or '?'})")
+    if hotspot.advice:
+        lines.append(f"     fix: {hotspot.advice}")
+    return lines
+
+
+def _loop_lines(loop: LoopSummary) -> list[str]:
+    lines = [f"  loop {loop.id}  {loop.thread}  {loop.kind}"]
+    figures = []
+    if loop.utilization is not None:
+        figures.append(f"utilisation {loop.utilization * 100:.1f}%")
+    if loop.busy_ms is not None:
+        figures.append(f"busy {_duration(loop.busy_ms)}")
+    if loop.io_wait_ms is not None:
+        figures.append(f"io-wait {_duration(loop.io_wait_ms)}")
+    if loop.iterations is not None:
+        figures.append(f"{loop.iterations} iterations")
+    if loop.steps is not None:
+        figures.append(f"{loop.steps} steps")
+    figures.append(f"{loop.blocks} blocks")
+    lines.append("     " + "  ".join(figures))
+    lag = loop.lag_ms
+    if lag.max is not None:
+        label = "lag" if lag.source == "iterations" else "heartbeat lag"
+        lines.append(f"     {label} p50 {_duration(lag.p50)}  p99 {_duration(lag.p99)}  "
+                     f"max {_duration(lag.max)}")
+    if loop.saturated_iterations:
+        lines.append(f"     {loop.saturated_iterations} saturated iterations (many short "
+                     "steps ready at once; no single step to blame)")
+    if loop.missing:
+        lines.append(f"     not measurable on this loop: {', '.join(loop.missing)}")
+    return lines
+
+
+def render(session: Session) -> str:
+    blocks = sum(h.count for h in session.hotspots)
+    loops = len(session.loops)
+    lines = [
+        f"looptrace: {_duration(session.wall_ms)} recorded, threshold "
+        f"{_duration(session.threshold_ms)}, {loops} loop{'s' if loops != 1 else ''}, "
+        f"{blocks} block{'s' if blocks != 1 else ''}",
+        "",
+    ]
+    if session.hotspots:
+        lines.append("Hotspots (by total time)")
+        for number, hotspot in enumerate(session.hotspots[:_MAX_HOTSPOTS], start=1):
+            lines.extend(_hotspot_lines(number, hotspot))
+        if len(session.hotspots) > _MAX_HOTSPOTS:
+            lines.append(f"  ... and {len(session.hotspots) - _MAX_HOTSPOTS} more "
+                         "(write the full report with --json)")
+    else:
+        lines.append(f"No block of the loop at or over {_duration(session.threshold_ms)}.")
+    if session.loops:
+        lines.append("")
+        lines.append("Loops")
+        for loop in session.loops:
+            lines.extend(_loop_lines(loop))
+    notes = []
+    dropped = {k: v for k, v in session.dropped.items() if v}
+    if dropped:
+        notes.append("dropped (bounded buffers): " +
+                     ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+    for fault in session.faults:
+        notes.append(f"hook {fault.hook} failed {fault.count}x and was disabled: {fault.error}")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines) + "\n"

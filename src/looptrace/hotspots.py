@@ -1,0 +1,66 @@
+"""Advice: one line per hotspot that names the fix.
+
+Small rules over a hotspot's kind and call, most specific first, in the spirit of
+tokio-console's warnings: each rule is a check and a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    applies: Callable[[str, str | None], bool]
+    advice: str
+
+
+def _call_starts(*prefixes: str) -> Callable[[str, str | None], bool]:
+    return lambda kind, call: call is not None and call.startswith(prefixes)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(_call_starts("http.client.HTTPResponse."),
+         "the HTTP body is read on the loop thread: read it in the executor too "
+         "(`await loop.run_in_executor(None, resp.read)`), or use an async client such as "
+         "aiohttp"),
+    Rule(_call_starts("http.client.HTTPConnection.", "urllib.request.", "urllib3."),
+         "a synchronous HTTP request runs on the loop thread: use an async client such as "
+         "aiohttp, or run the whole request, body included, in an executor"),
+    Rule(_call_starts("requests."),
+         "requests is synchronous: use an async client such as aiohttp, or "
+         "`await asyncio.to_thread(...)` for the whole call"),
+    Rule(_call_starts("time.sleep"), "use `await asyncio.sleep(...)` instead of time.sleep"),
+    Rule(_call_starts("subprocess.", "os.system", "os.waitpid"),
+         "use `asyncio.create_subprocess_exec(...)` and await the process"),
+    Rule(_call_starts("socket.getaddrinfo", "socket.gethostby"),
+         "resolve names with `await loop.getaddrinfo(...)`"),
+    Rule(_call_starts("socket.create_connection"),
+         "connect with `await asyncio.open_connection(...)`"),
+    Rule(_call_starts("select.select"),
+         "wait for readiness with `loop.add_reader`/asyncio streams, not select.select"),
+    Rule(_call_starts("concurrent.futures."),
+         "waiting on an executor future blocks the loop: `await asyncio.wrap_future(fut)` "
+         "or `await loop.run_in_executor(...)`"),
+    Rule(_call_starts("threading.", "queue."),
+         "waiting on a thread primitive blocks the loop: use the asyncio equivalent "
+         "(asyncio.Event/Queue) or `await asyncio.to_thread(...)`"),
+    Rule(_call_starts("builtins.input"), "read input with `await asyncio.to_thread(input)`"),
+    Rule(_call_starts("os.read"),
+         "read files and pipes with `await asyncio.to_thread(...)` or `loop.connect_read_pipe`"),
+    Rule(lambda kind, call: kind == "slow-step" and call is not None,
+         "the loop waits for a synchronous call: run it with `await asyncio.to_thread(...)`, "
+         "or use an async library"),
+    Rule(lambda kind, call: kind == "slow-step",
+         "CPU-bound or unprobed blocking work runs on the loop thread: move it to "
+         "`asyncio.to_thread` (I/O, GIL-releasing code) or a ProcessPoolExecutor (pure-Python "
+         "CPU), or yield with `await asyncio.sleep(0)` between chunks"),
+)
+
+
+def advise(kind: str, call: str | None) -> str:
+    for rule in RULES:
+        if rule.applies(kind, call):
+            return rule.advice
+    return ""
