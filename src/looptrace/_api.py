@@ -88,8 +88,24 @@ class _Installation:
 
 
 def _live_sinks(options: Options) -> list[LiveSink]:
-    """Exporters that receive each block as it is found (OpenTelemetry, logs)."""
+    """Exporters that receive each block as it is found (OpenTelemetry spans, logs).
+
+    Each integration is imported only when it may be needed, so ``import looptrace`` and a
+    plain ``install()`` never import OpenTelemetry or structlog.
+    """
     sinks: list[LiveSink] = []
+    if options.otlp or "opentelemetry.trace" in sys.modules:
+        from .exporters import otel
+
+        sink = otel.live_sink(options)
+        if sink is not None:
+            sinks.append(sink)
+    if options.log is not None:
+        from .exporters import logs
+
+        sink = logs.live_sink(options)
+        if sink is not None:
+            sinks.append(sink)
     return sinks
 
 

@@ -1,0 +1,1 @@
+"""OpenTelemetry instrumentor entry point (issue 3). Placeholder."""

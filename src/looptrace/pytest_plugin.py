@@ -1,0 +1,1 @@
+"""pytest plugin (issue 5). Placeholder: registers nothing yet."""
