@@ -13,7 +13,13 @@ import contextvars
 import sys
 from typing import Any
 
-_SPAN_KEY = "current-span"  # opentelemetry.trace.propagation._SPAN_KEY
+
+def _span_key() -> str | None:
+    # ``opentelemetry.trace.propagation._SPAN_KEY`` is "current-span-<uuid4>" (made by
+    # ``create_key``), so it must be read from the module, never spelled out here.
+    module = sys.modules.get("opentelemetry.trace.propagation")
+    key = getattr(module, "_SPAN_KEY", None)
+    return key if isinstance(key, str) else None
 
 
 def _otel_var() -> contextvars.ContextVar[Any] | None:
@@ -34,7 +40,8 @@ def span_ids(ctx: contextvars.Context | None) -> tuple[int, int] | None:
     otel_context = var.get(None) if ctx is None else ctx.get(var)
     if not otel_context:
         return None
-    span = otel_context.get(_SPAN_KEY)
+    key = _span_key()
+    span = otel_context.get(key) if key is not None else None
     if span is None:
         return None
     span_context = span.get_span_context()
