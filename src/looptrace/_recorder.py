@@ -34,6 +34,7 @@ from .events import (
 
 logger = logging.getLogger("looptrace")
 
+_MAX_RUN_PERIODS = 1024
 _KEPT_DURATIONS = 1024
 """Per site, durations kept exactly; beyond that, a uniform reservoir of this size."""
 
@@ -95,6 +96,10 @@ class LoopRecord:
         self.slot: Any = None           # the StepSlot of the thread running the loop
         self.steps_done = 0
         self.steps_base: int | None = None
+        # Full mode: when this loop ran, to pick its steps out of its thread's step ring,
+        # and those steps once the loop is closed (the ring moves on).
+        self.run_periods: deque[list[int]] = deque(maxlen=_MAX_RUN_PERIODS)
+        self.closed_steps: tuple[tuple[int, int, int], ...] = ()
         self.blocks = 0
         self.block_ns = 0
         self.saturated_iterations = 0
@@ -107,6 +112,7 @@ class LoopRecord:
         self.thread_name = threading.current_thread().name
         self.slot = slot
         self.steps_base = slot.seq if slot is not None else None
+        self.run_periods.append([now_ns(), 0])
         if self.timer is not None:
             self.timer.forget_last()
 
@@ -114,8 +120,23 @@ class LoopRecord:
         if self.slot is not None and self.steps_base is not None:
             self.steps_done += self.slot.seq - self.steps_base
         self.steps_base = None
+        if self.run_periods and self.run_periods[-1][1] == 0:
+            self.run_periods[-1][1] = now_ns()
         if self.timer is not None:
             self.timer.forget_last()
+
+    def own_steps(self, thread_steps: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+        """The steps of this loop among those its thread's ring kept."""
+        periods = [(start, end or (1 << 62)) for start, end in self.run_periods]
+        return tuple(step for step in thread_steps
+                     if any(start <= step[0] <= end for start, end in periods))
+
+    def release(self, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> None:
+        """The loop closed: keep its steps (full mode), stop counting."""
+        self.run_stopped()
+        if step_ring is not None and self.slot is not None:
+            self.closed_steps = self.own_steps(step_ring(self.slot))
+        self.slot = None
 
     def steps(self) -> int:
         running = 0
@@ -143,9 +164,9 @@ class LoopRecord:
             lag_source = "heartbeat"
         else:
             histogram, lag_max, lag_source = (), 0, "iterations"
-        steps_timeline: tuple[tuple[int, int, int], ...] = ()
+        steps_timeline = self.closed_steps
         if full and step_ring is not None and self.slot is not None:
-            steps_timeline = tuple(step_ring(self.slot))
+            steps_timeline = self.own_steps(step_ring(self.slot))
         return LoopFigures(
             loop_id=self.loop_id, kind=self.kind, thread_id=self.thread_id,
             thread_name=self.thread_name, coverage=self.coverage, missing=self.missing,

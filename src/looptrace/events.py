@@ -24,8 +24,9 @@ BlockKind = Literal["blocking-call", "slow-step"]
 """``blocking-call``: a probe on a known blocking function explains most of the block.
 ``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O)."""
 
-SiteSource = Literal["probe", "samples", "await-point", "callback", "unknown"]
-"""How a block's site was found, from most to least exact."""
+SiteSource = Literal["probe", "samples", "await-point", "callback", "gc", "unknown"]
+"""How a block's site was found, from most to least exact; ``gc``: no site, the block was
+mostly a garbage-collection pause."""
 
 DurationSource = Literal["step-timer", "heartbeat"]
 """``step-timer``: measured around the step. ``heartbeat``: the lateness of a timer, on
@@ -80,6 +81,8 @@ class Block:
     samples: int
     trace_id: int | None
     span_id: int | None
+    gc_ns: int = 0
+    """Time the garbage collector ran during the block."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,9 @@ def _call_starts(*prefixes: str) -> Callable[[str, str | None], bool]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(_call_starts("gc.collect"),
+         "a garbage collection paused the loop, not a line of yours: keep fewer long-lived "
+         "container objects, or call `gc.freeze()` once start-up allocations are done"),
     Rule(_call_starts("http.client.HTTPResponse."),
          "the HTTP body is read on the loop thread: read it in the executor too "
          "(`await loop.run_in_executor(None, resp.read)`), or use an async client such as "

@@ -91,6 +91,7 @@ class BlockEvent:
     trace_id: str | None
     span_id: str | None
     stack: tuple[CodeLocation, ...]
+    gc_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +338,7 @@ def _read_block(r: _Reader) -> BlockEvent:
         coroutine=r["coroutine"].opt_str(), callback=r["callback"].opt_str(),
         samples=r["samples"].int(), trace_id=r["trace_id"].opt_str(),
         span_id=r["span_id"].opt_str(), stack=_stack(r["stack"]),
+        gc_ms=r.get("gc_ms", 0.0).num(),
     )
 
 

@@ -44,6 +44,8 @@ class LongStep:
     trace_id: int | None
     span_id: int | None
     probe_calls: list[ProbeCall]
+    gc_ns: int = 0
+    gc_generation: int = -1
 
 
 @dataclass(slots=True)
@@ -124,6 +126,11 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
             if longest.trace_id is not None:
                 trace_id, span_id = longest.trace_id, longest.span_id
 
+    if kind == "slow-step" and step.gc_ns * 2 >= duration:
+        # Mostly a garbage collection: not the fault of whatever line was running.
+        generation = f" (generation {step.gc_generation})" if step.gc_generation >= 0 else ""
+        call, site, site_source, stack = f"gc.collect{generation}", None, "gc", ()
+
     return Block(
         loop_id=step.loop_id, thread_id=step.thread_id, thread_name=step.thread_name,
         start_ns=step.start_ns, duration_ns=duration, duration_source=step.duration_source,
@@ -131,5 +138,5 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         call=call, site=site, site_source=site_source, stack=stack, task=task,
         coroutine=coroutine, callback=step.callback,
         samples=samples.count if samples is not None else 0,
-        trace_id=trace_id, span_id=span_id,
+        trace_id=trace_id, span_id=span_id, gc_ns=step.gc_ns,
     )

@@ -38,6 +38,7 @@ from . import context
 from ._patch import Patch, PatchSet
 from .blocks import LongStep
 from .frames import CodeMap, location
+from .gcwatch import GcWatch
 from .heartbeat import Heartbeat
 from .owners import OwnerTable, await_point, callback_name, coroutine_name, task_of
 from .policy import PolicyDoor
@@ -72,6 +73,7 @@ class Tracer:
         if options.probes:
             buffer = ProbeBuffer(max(threshold // 100, _MIN_PROBE_NS), self.codemap)
             self.probes = Probes(buffer, lambda exc: recorder.fault("probes", exc))
+        self.gc_watch = GcWatch(max(threshold // 100, _MIN_PROBE_NS))
         self.policy = PolicyDoor(self._on_new_loop, lambda exc: recorder.fault("doors", exc))
         self.watchdog: Watchdog | None = None
 
@@ -100,6 +102,7 @@ class Tracer:
 
         self._open_doors()
         self.policy.open()
+        self.gc_watch.start()
         self.active = True
         if self.probes is not None:
             self.probes.patch_available()
@@ -120,6 +123,7 @@ class Tracer:
             self.step_hook.enabled = 0
         self._patches.revert_all()
         self.policy.close()
+        self.gc_watch.stop()
         if self.probes is not None:
             self.probes.revert()
         with self._attach_lock:
@@ -139,6 +143,7 @@ class Tracer:
             self.step_hook.enabled = 0
         self._patches.revert_all()
         self.policy.close()
+        self.gc_watch.stop()
         if self.probes is not None:
             self.probes.revert(locked=False)
         for record in list(self.recorder._loops):
@@ -287,8 +292,7 @@ class Tracer:
             record.timer = FrozenTimer(timer)
             self._timers = [(r, m) for r, m in self._timers if r() is not None
                             and r() is not selector]
-        record.run_stopped()
-        record.slot = None
+        record.release(self.step_ring())
         if record.heartbeat is not None:
             record.heartbeat.stop()
             self._heartbeats = [h for h in self._heartbeats if h is not record.heartbeat]
@@ -320,6 +324,7 @@ class Tracer:
             span = context.span_ids(getattr(handle, "_context", None))
             probe_calls = (self.probes.buffer.between(thread.ident or 0, start_ns, end_ns)
                            if self.probes is not None else [])
+            gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, end_ns)
             self.watchdog.submit(LongStep(
                 loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
                 start_ns=start_ns, end_ns=end_ns, sample_key=(thread.ident or 0, seq),
@@ -329,7 +334,7 @@ class Tracer:
                 callback=None if task is not None else callback_name(callback),
                 fallback_site=fallback, fallback_source=source,
                 trace_id=span[0] if span else None, span_id=span[1] if span else None,
-                probe_calls=probe_calls))
+                probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation))
         except Exception as exc:
             self.recorder.fault("steps", exc)
 
@@ -340,14 +345,19 @@ class Tracer:
             return
         record.last_block_end_ns = now_ns
         thread = threading.current_thread()
-        probe_calls = (self.probes.buffer.between(thread.ident or 0, due_ns, now_ns)
+        # The stall began somewhere after the previous beat; a probed call that began
+        # earlier than the due time tells exactly when.
+        probe_calls = (self.probes.buffer.between(thread.ident or 0,
+                                                  due_ns - heartbeat.interval_ns, now_ns)
                        if self.probes is not None else [])
+        start_ns = min([due_ns, *(c.start_ns for c in probe_calls)])
+        gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, now_ns)
         self.watchdog.submit(LongStep(
             loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
-            start_ns=due_ns, end_ns=now_ns, sample_key=(heartbeat.key, heartbeat.beats),
+            start_ns=start_ns, end_ns=now_ns, sample_key=(heartbeat.key, heartbeat.beats),
             duration_source="heartbeat", task=None, coroutine=None, callback=None,
             fallback_site=None, fallback_source="unknown", trace_id=None, span_id=None,
-            probe_calls=probe_calls))
+            probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation))
 
     # -- faults and housekeeping
 
@@ -372,6 +382,7 @@ class Tracer:
             self.step_hook.prune(alive)
         if self.probes is not None:
             self.probes.buffer.forget_threads(alive)
+        self.gc_watch.forget_threads(alive)
 
     def step_ring(self) -> Callable[[Any], list[tuple[int, int, int]]] | None:
         hook = self.step_hook
