@@ -345,14 +345,17 @@ def test_many_short_steps_in_one_iteration_are_saturation_not_a_hotspot(
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
 def test_block_in_an_eager_task_is_attributed_to_that_task() -> None:
-    """An eager task's first step runs inside its creator's step; the samples know better."""
+    """An eager task's first step runs inside its creator's step; the samples know better.
+    (Its name is read when the step ends: create_task names a task after its eager step.)"""
 
     async def eager_child() -> None:
         time.sleep(0.15)
+        await asyncio.sleep(0)
 
     async def main() -> None:
         asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
-        await asyncio.create_task(eager_child(), name="eager-child")
+        task = asyncio.create_task(eager_child(), name="eager-child")
+        await task
 
     session = record(main, threshold_ms=50)
     (block,) = session.blocks

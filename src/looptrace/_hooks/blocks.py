@@ -11,8 +11,10 @@ the GIL throughout), the task's await point or the callback's definition stands 
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from looptrace.events import (
     Block,
@@ -49,10 +51,29 @@ class LongStep:
 
 
 @dataclass(slots=True)
+class SampledTask:
+    """The task current at sample time. Its name is read again when the block is built:
+    an eager task (3.12+) runs its first step before ``create_task`` has named it."""
+
+    ref: weakref.ref[Any] | None
+    name: str
+    coroutine: str | None
+
+    def current_name(self) -> str:
+        task = self.ref() if self.ref is not None else None
+        if task is not None:
+            try:
+                return str(task.get_name())
+            except Exception:  # a task subclass may misbehave; the sampled name stands
+                return self.name
+        return self.name
+
+
+@dataclass(slots=True)
 class SiteSamples:
     count: int = 0
     stack: tuple[CodeLocation, ...] = ()
-    tasks: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
+    tasks: Counter[int] = field(default_factory=Counter)
     spans: Counter[tuple[int, int]] = field(default_factory=Counter)
 
 
@@ -64,9 +85,10 @@ class StepSamples:
     overflow: int = 0
     by_site: dict[tuple[CodeLocation | None, str | None], SiteSamples] = field(
         default_factory=dict)
+    tasks: dict[int, SampledTask] = field(default_factory=dict)
 
     def add(self, site: CodeLocation | None, callee: str | None,
-            stack: tuple[CodeLocation, ...], task: str | None, coroutine: str | None,
+            stack: tuple[CodeLocation, ...], task: Any, coroutine: str | None,
             span: tuple[int, int] | None) -> None:
         self.count += 1
         key = (site, callee)
@@ -77,7 +99,15 @@ class StepSamples:
                 return
             entry = self.by_site[key] = SiteSamples(stack=stack)
         entry.count += 1
-        entry.tasks[(task, coroutine)] += 1
+        if task is not None:
+            task_id = id(task)
+            if task_id not in self.tasks:
+                try:
+                    ref: weakref.ref[Any] | None = weakref.ref(task)
+                except TypeError:
+                    ref = None
+                self.tasks[task_id] = SampledTask(ref, str(task.get_name()), coroutine)
+            entry.tasks[task_id] += 1
         if span is not None:
             entry.spans[span] += 1
 
@@ -102,10 +132,10 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         (sampled_site, callee), entry = best
         if sampled_site is not None:
             site, site_source, stack, call = sampled_site, "samples", entry.stack, callee
-        (sampled_task, sampled_coroutine), _ = entry.tasks.most_common(1)[0]
-        if sampled_task is not None:
+        if entry.tasks:
             # Eager tasks run their first step inside their creator's: trust the samples.
-            task, coroutine = sampled_task, sampled_coroutine
+            sampled = samples.tasks[entry.tasks.most_common(1)[0][0]]  # type: ignore[union-attr]
+            task, coroutine = sampled.current_name(), sampled.coroutine
         if entry.spans:
             trace_id, span_id = entry.spans.most_common(1)[0][0]
 
@@ -121,7 +151,7 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
             kind, call = "blocking-call", name
             if longest.site is not None:
                 site, site_source, stack = longest.site, "probe", longest.stack
-            if longest.task is not None and task is None:
+            if longest.task is not None and best is None:
                 task = longest.task
             if longest.trace_id is not None:
                 trace_id, span_id = longest.trace_id, longest.span_id

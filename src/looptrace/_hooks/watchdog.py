@@ -66,7 +66,14 @@ class Watchdog:
         self._sampling = False
 
     def submit(self, step: LongStep) -> None:
-        """Called on the loop thread when a long step ended; cheap and lock-free."""
+        """Called on the loop thread when a long step ended; cheap and lock-free.
+
+        Task names are read again now, while the tasks certainly live: an eager task
+        (3.12+) runs its first step before ``create_task`` names it."""
+        samples = self._samples.get(step.sample_key)
+        if samples is not None:
+            for sampled in list(samples.tasks.values()):
+                sampled.name = sampled.current_name()
         self._pending.append(step)
 
     def finalize_pending(self) -> None:
@@ -158,7 +165,6 @@ class Watchdog:
         samples = self._samples.get(key)
         if samples is None:
             samples = self._samples[key] = StepSamples()
-        samples.add(site, callee, stack,
-                    task.get_name() if task is not None else None,
+        samples.add(site, callee, stack, task,
                     coroutine_name(task) if task is not None else None, span)
         self.samples_taken += 1
