@@ -1,0 +1,275 @@
+"""A web service with one blocking handler: every endpoint gets slow.
+
+An aiohttp server (on 127.0.0.1) has three endpoints:
+
+- ``/hello``: answers at once;
+- ``/orders``: awaits a 10 ms asynchronous "database" call;
+- ``/report``: calls an internal HTTP service with ``urllib``, synchronously. That service
+  takes 150 ms to answer, and during those 150 ms the loop serves nobody.
+
+A load generator (its own thread and event loop, aiohttp client) keeps a few requests in
+flight, mostly to ``/hello`` and ``/orders``, sometimes to ``/report``. It runs twice:
+against the blocking ``/report``, then against the fixed one (the same call in
+``asyncio.to_thread``). The latency percentiles show the blocking handler slowing down
+*every* endpoint; looptrace shows where.
+
+    python demos/web_service.py [--quick] [--otlp [ENDPOINT]]
+
+With ``--otlp`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``LOOPTRACE_OTLP`` set), every request
+becomes an OpenTelemetry server span sent over OTLP/HTTP (to a Jaeger, for instance), and
+looptrace exports each block as a span inside the request it blocked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.server
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _servers import Recorded, recorded, serve
+
+try:
+    from aiohttp import ClientSession, web
+except ImportError:  # pragma: no cover - the message is the point
+    sys.exit("web_service.py needs aiohttp: pip install aiohttp "
+             "(or pip install -e '.[test]' in a checkout)")
+
+THRESHOLD_MS = 50
+BACKEND_DELAY_S = 0.150
+MIX = {"/hello": 45, "/orders": 45, "/report": 10}
+"""How the load generator picks endpoints (weights)."""
+SERVICE_NAME = "looptrace-demo-web-service"
+
+
+class _SlowBackend(http.server.BaseHTTPRequestHandler):
+    """The internal service ``/report`` depends on: answers after BACKEND_DELAY_S."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        time.sleep(BACKEND_DELAY_S)
+        body = b'{"report": "ready"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def fetch_report(backend: str) -> bytes:
+    with urllib.request.urlopen(f"{backend}/report") as response:
+        data: bytes = response.read()
+    return data
+
+
+def make_app(backend: str, blocking: bool) -> web.Application:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    async def orders(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.010)  # an asynchronous database call
+        return web.json_response({"orders": 3})
+
+    async def report(request: web.Request) -> web.Response:
+        if blocking:
+            data = fetch_report(backend)  # BLOCKS: a synchronous HTTP call in a handler
+        else:
+            data = await asyncio.to_thread(fetch_report, backend)  # FIXED
+        return web.Response(body=data, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    app.router.add_get("/orders", orders)
+    app.router.add_get("/report", report)
+    return app
+
+
+@dataclass
+class Latencies:
+    """Response times per endpoint, in seconds."""
+
+    by_path: dict[str, list[float]] = field(default_factory=dict)
+
+    def percentile(self, path: str, fraction: float) -> float:
+        values = sorted(self.by_path.get(path, []))
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, int(fraction * len(values)))]
+
+    def median(self, path: str) -> float:
+        return statistics.median(self.by_path.get(path, [float("nan")]))
+
+
+async def generate_load(base: str, seconds: float, concurrency: int) -> Latencies:
+    """``concurrency`` clients, each sending requests back to back for ``seconds``."""
+    latencies = Latencies({path: [] for path in MIX})
+    paths, weights = list(MIX), list(MIX.values())
+    deadline = time.perf_counter() + seconds
+
+    async def client(seed: int, session: ClientSession) -> None:
+        pick = random.Random(seed)
+        while time.perf_counter() < deadline:
+            path = pick.choices(paths, weights)[0]
+            started = time.perf_counter()
+            async with session.get(base + path) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            latencies.by_path[path].append(time.perf_counter() - started)
+
+    async with ClientSession() as session:
+        await asyncio.gather(*(client(seed, session) for seed in range(concurrency)))
+    return latencies
+
+
+def load_from_a_thread(base: str, seconds: float, concurrency: int) -> Latencies:
+    """The load generator runs on its own thread and loop, like a separate client would."""
+    result: list[Latencies] = []
+    thread = threading.Thread(
+        target=lambda: result.append(asyncio.run(generate_load(base, seconds, concurrency))),
+        name="load-generator")
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("the load generator failed (see the traceback above)")
+    return result[0]
+
+
+async def serve_under_load(backend: str, blocking: bool, seconds: float,
+                           concurrency: int) -> Latencies:
+    runner = web.AppRunner(make_app(backend, blocking))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        return await asyncio.to_thread(load_from_a_thread, f"http://{host}:{port}", seconds,
+                                       concurrency)
+    finally:
+        await runner.cleanup()
+
+
+# -- OpenTelemetry (optional)
+
+
+def otlp_endpoint(flag: str | None) -> str | None:
+    """Where to send spans: --otlp [ENDPOINT], else the standard environment, else none."""
+    if flag is not None:
+        return flag or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    looptrace_otlp = os.environ.get("LOOPTRACE_OTLP", "")
+    if looptrace_otlp.startswith(("http://", "https://")):
+        return looptrace_otlp
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    if looptrace_otlp.strip().lower() in {"1", "true", "yes", "on"}:
+        return "http://localhost:4318"
+    return None
+
+
+@contextmanager
+def tracing_requests(endpoint: str) -> Iterator[None]:
+    """A TracerProvider exporting over OTLP/HTTP, and a server span for every request."""
+    # Imported here: OpenTelemetry is optional, and only --otlp needs it.
+    try:
+        from opentelemetry import trace  # noqa: PLC0415
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor  # noqa: PLC0415
+        from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    except ImportError as exc:
+        sys.exit(f"--otlp needs OpenTelemetry ({exc.name} is missing): "
+                 "pip install 'looptrace[otel]' opentelemetry-instrumentation-aiohttp-server")
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", timeout=5)))
+    trace.set_tracer_provider(provider)
+    instrumentor = AioHttpServerInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+
+# -- the demo
+
+
+@dataclass
+class Round:
+    """One load run against one version of the service."""
+
+    record: Recorded
+    latencies: Latencies
+
+
+def run(seconds: float, concurrency: int, otlp: str | None = None) -> list[Round]:
+    """Load the blocking service, then the fixed one; latencies and looptrace's verdicts."""
+    options: dict[str, Any] = {"otlp": otlp} if otlp else {}
+    rounds = []
+    with serve(_SlowBackend) as backend:
+        for label, blocking in (("1. /report calls the backend synchronously", True),
+                                ("2. /report calls it in asyncio.to_thread", False)):
+            with recorded(label, THRESHOLD_MS, **options) as record:
+                started = time.perf_counter()
+                latencies = asyncio.run(serve_under_load(backend, blocking, seconds,
+                                                         concurrency))
+                record.wall_s = time.perf_counter() - started
+            rounds.append(Round(record, latencies))
+    return rounds
+
+
+def table(latencies: Latencies) -> list[str]:
+    lines = ["   endpoint   requests    p50       p99"]
+    for path in MIX:
+        count = len(latencies.by_path[path])
+        lines.append(f"   {path:<9} {count:7d}  {latencies.median(path) * 1000:6.1f} ms "
+                     f"{latencies.percentile(path, 0.99) * 1000:6.1f} ms")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a web service with one blocking handler")
+    parser.add_argument("--quick", action="store_true", help="a shorter load (for the tests)")
+    parser.add_argument("--otlp", nargs="?", const="", metavar="ENDPOINT",
+                        help="send spans over OTLP/HTTP (default endpoint: "
+                             "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318)")
+    args = parser.parse_args(argv)
+    seconds, concurrency = (1.0, 6) if args.quick else (3.0, 8)
+    endpoint = otlp_endpoint(args.otlp)
+    print(f"{concurrency} clients for {seconds:g} s per round; mix "
+          + ", ".join(f"{path} {weight}%" for path, weight in MIX.items())
+          + f"; the backend behind /report takes {BACKEND_DELAY_S * 1000:.0f} ms.\n")
+    if endpoint:
+        with tracing_requests(endpoint):
+            rounds = run(seconds, concurrency, endpoint)
+    else:
+        rounds = run(seconds, concurrency)
+    for round_ in rounds:
+        print(f"{round_.record.label}:")
+        print("\n".join(table(round_.latencies)))
+        print("   looptrace: " + round_.record.verdict().replace("\n", "\n              "))
+        print("              " + round_.record.loop_line())
+    if endpoint:
+        print(f"\nSpans sent to {endpoint} as service {SERVICE_NAME!r}: in Jaeger "
+              "(http://localhost:16686), open a GET /report trace; looptrace's block span "
+              "sits inside the request it blocked.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
