@@ -1,11 +1,103 @@
-"""Blocks as log events, through structlog or the stdlib ``looptrace`` logger (issue 5).
-Placeholder."""
+"""Blocks as log events: ``install(log="structlog")`` or ``install(log="stdlib")``.
+
+One ``looptrace.block`` event per block, at WARNING, with the site, the blocking call, the
+duration, the task and the OpenTelemetry ids of the span that was current in the blocked
+code. The listener runs on looptrace's dispatch thread, never on a loop thread, so a slow
+handler or renderer never adds to the block it reports.
+
+- ``structlog``: through ``structlog.get_logger("looptrace")``, so the application's own
+  ``structlog.configure()`` (processors, renderer, level filter) applies. looptrace never
+  configures structlog.
+- ``stdlib``: through the ``looptrace`` logger; the fields are also set on the
+  ``LogRecord`` (``extra=``) for JSON formatters.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+from looptrace._config import Options
+from looptrace.events import Block
 
-def live_sink(options: Any) -> Any:
-    """Return a LiveSink ``(name, listener, close)`` or None."""
+EVENT = "looptrace.block"
+
+LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
+
+
+def block_fields(block: Block) -> dict[str, Any]:
+    """The event's fields. ``site``, ``call``, ``duration_ms`` and ``task`` are always there
+    (``None`` when unknown); ``trace_id``/``span_id`` (lowercase hex, as OpenTelemetry
+    writes them) only when a valid span was current in the blocked code."""
+    site = block.site
+    fields: dict[str, Any] = {
+        "site": f"{site.file}:{site.line}" if site is not None else None,
+        "function": site.function if site is not None else None,
+        "call": block.call,
+        "duration_ms": round(block.duration_ns / 1e6, 3),
+        "kind": block.kind,
+        "task": block.task,
+        "coroutine": block.coroutine,
+        "callback": block.callback,
+        "loop_id": block.loop_id,
+        "loop_thread": block.thread_name,
+    }
+    if block.trace_id is not None and block.span_id is not None:
+        fields["trace_id"] = f"{block.trace_id:032x}"
+        fields["span_id"] = f"{block.span_id:016x}"
+    keep = {"site", "call", "duration_ms", "task"}
+    return {k: v for k, v in fields.items() if v is not None or k in keep}
+
+
+def describe(fields: dict[str, Any]) -> str:
+    """One line for people: ``loop blocked 120.3 ms by time.sleep at app.py:4 in f (task t)``."""
+    what = f"by {fields['call']}" if fields.get("call") else "(no blocking function named)"
+    where = fields.get("site") or "an unknown site"
+    if fields.get("function"):
+        where += f" in {fields['function']}"
+    owner = fields.get("task") or fields.get("callback") or "?"
+    text = f"loop blocked {fields['duration_ms']:.1f} ms {what} at {where} (task {owner})"
+    if fields.get("trace_id"):
+        text += f" trace {fields['trace_id']} span {fields['span_id']}"
+    return text
+
+
+def _structlog_listener() -> Callable[[Block], None]:
+    try:
+        import structlog  # noqa: PLC0415 - optional: imported only when log='structlog'
+    except ImportError:
+        raise ImportError("looptrace: log='structlog' needs the structlog package "
+                          "(pip install 'looptrace[structlog]')") from None
+    # A lazy proxy: the application's configuration is read when an event is logged.
+    log = structlog.get_logger("looptrace")
+
+    def listener(block: Block) -> None:
+        log.warning(EVENT, **block_fields(block))
+
+    return listener
+
+
+def _stdlib_listener() -> Callable[[Block], None]:
+    log = logging.getLogger("looptrace")
+
+    def listener(block: Block) -> None:
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        fields = block_fields(block)
+        log.warning("%s: %s", EVENT, describe(fields), extra=fields)
+
+    return listener
+
+
+def _close(timeout_s: float) -> None:
+    """Nothing to flush: logging handlers are the application's."""
+
+
+def live_sink(options: Options) -> LiveSink | None:
+    """The log sink for ``options.log`` (``None``: no logging of blocks)."""
+    if options.log == "structlog":
+        return ("log", _structlog_listener(), _close)
+    if options.log == "stdlib":
+        return ("log", _stdlib_listener(), _close)
     return None

@@ -1,0 +1,228 @@
+"""Several reports as one: the pytest plugin records each test on its own and writes the
+run's report from all of them.
+
+Loops stay as they were recorded (renumbered, and their blocks and timelines with them);
+hotspots and the per-task table are summed over reports; block and timeline times are
+moved onto the first report's clock. Everything stays bounded: the individual blocks keep
+the most recent ``max_blocks``, timelines at most ``max_timeline`` entries in all (the
+oldest go first), and what is left out is counted in ``dropped``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from .analysis import median_low
+from .events import CodeLocation
+from .hotspots import advise
+from .session import (
+    BlockEvent,
+    Exemption,
+    FaultSummary,
+    Hotspot,
+    LoopSummary,
+    LoopTimeline,
+    Owner,
+    Session,
+    TaskSummary,
+    Timeline,
+)
+
+SiteKey = tuple[str, str | None, CodeLocation | None]
+
+
+@dataclass(slots=True)
+class _TaskTotal:
+    """Per-task figures summed over reports."""
+
+    steps: int | None = None
+    busy_ms: float | None = None
+    blocks: int = 0
+    block_ms: float = 0.0
+    max_block_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class _SiteTotal:
+    """Hotspot figures summed over reports."""
+
+    count: int = 0
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+    p50_weighted: list[tuple[float, int]] = field(default_factory=list)
+    worst: Hotspot | None = None
+
+
+def _site_key(kind: str, call: str | None, site: CodeLocation | None) -> SiteKey:
+    return (kind, call, site)
+
+
+def hotspots_from_blocks(blocks: Iterable[BlockEvent]) -> tuple[Hotspot, ...]:
+    """Hotspots rebuilt from individual blocks (for a slice of a longer recording)."""
+    groups: dict[SiteKey, list[BlockEvent]] = {}
+    for block in blocks:
+        groups.setdefault(_site_key(block.kind, block.call, block.site), []).append(block)
+    hotspots = []
+    for (kind, call, site), group in groups.items():
+        worst = max(group, key=lambda b: b.duration_ms)
+        tasks = Counter((b.task, b.coroutine) for b in group)
+        (task, coroutine), _ = tasks.most_common(1)[0]
+        durations_us = tuple(round(b.duration_ms * 1000) for b in group)
+        hotspots.append(Hotspot(
+            kind=kind, call=call, site=site, count=len(group),
+            total_ms=round(sum(b.duration_ms for b in group), 3), max_ms=worst.duration_ms,
+            p50_ms=median_low(durations_us) / 1000, thread=worst.thread, task=task,
+            coroutine=coroutine, stack=worst.stack, advice=advise(kind, call)))
+    return _ordered_hotspots(hotspots)
+
+
+def _ordered_hotspots(hotspots: Iterable[Hotspot]) -> tuple[Hotspot, ...]:
+    return tuple(sorted(hotspots, key=lambda h: (-h.total_ms, -h.count, h.call or "")))
+
+
+def _weighted_median(values: list[tuple[float, int]]) -> float:
+    ordered = sorted(values)
+    half = sum(weight for _, weight in ordered) / 2
+    seen = 0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= half:
+            return value
+    return ordered[-1][0] if ordered else 0.0
+
+
+class Combined:
+    """Adds reports one at a time; :meth:`session` is the combined report so far."""
+
+    def __init__(self, *, max_blocks: int = 1000, max_timeline: int = 200_000) -> None:
+        self._first: Session | None = None
+        self._end_unix_ns = 0
+        self._loops: list[LoopSummary] = []
+        self._blocks: deque[BlockEvent] = deque(maxlen=max_blocks)
+        self._sites: dict[SiteKey, _SiteTotal] = {}
+        self._tasks: dict[tuple[str, str, str | None], _TaskTotal] = {}
+        self._owners: list[Owner] = []
+        self._timelines: deque[LoopTimeline] = deque()
+        self._timeline_size = 0
+        self._max_timeline = max_timeline
+        self._dropped: Counter[str] = Counter()
+        self._faults: dict[str, FaultSummary] = {}
+        self._exemptions: list[Exemption] = []
+        self._threshold_ms = float("inf")
+        self._modes: set[str] = set()
+        self._accelerated = True
+        self._probes = 0
+        self.reports = 0
+
+    def add(self, session: Session) -> None:
+        if self._first is None:
+            self._first = session
+        first = self._first
+        self.reports += 1
+        offset_ms = (session.started_unix_ns - first.started_unix_ns) / 1e6
+        self._end_unix_ns = max(self._end_unix_ns,
+                                session.started_unix_ns + int(session.wall_ms * 1e6))
+        self._threshold_ms = min(self._threshold_ms, session.threshold_ms)
+        self._modes.add(session.mode)
+        self._accelerated = self._accelerated and session.accelerated
+        self._probes = max(self._probes, session.probes)
+
+        new_ids = {}
+        for loop in session.loops:
+            new_ids[loop.id] = len(self._loops) + 1
+            self._loops.append(replace(loop, id=new_ids[loop.id]))
+        for block in session.blocks:
+            if len(self._blocks) == self._blocks.maxlen:
+                self._dropped["blocks"] += 1
+            self._blocks.append(replace(block, loop=new_ids.get(block.loop, block.loop),
+                                        start_ms=round(block.start_ms + offset_ms, 3)))
+        for hotspot in session.hotspots:
+            total = self._sites.setdefault(
+                _site_key(hotspot.kind, hotspot.call, hotspot.site), _SiteTotal())
+            total.count += hotspot.count
+            total.total_ms += hotspot.total_ms
+            total.p50_weighted.append((hotspot.p50_ms, hotspot.count))
+            if hotspot.max_ms >= total.max_ms:
+                total.max_ms = hotspot.max_ms
+                total.worst = hotspot
+        for task in session.tasks:
+            row = self._tasks.setdefault((task.kind, task.name, task.coroutine), _TaskTotal())
+            if task.steps is not None:
+                row.steps = (row.steps or 0) + task.steps
+            if task.busy_ms is not None:
+                row.busy_ms = (row.busy_ms or 0.0) + task.busy_ms
+            row.blocks += task.blocks
+            row.block_ms += task.block_ms
+            row.max_block_ms = max(row.max_block_ms, task.max_block_ms)
+        if session.timeline is not None:
+            self._add_timeline(session.timeline, new_ids, offset_ms)
+        for what, count in session.dropped.items():
+            self._dropped[what] += count
+        for fault in session.faults:
+            known = self._faults.get(fault.hook)
+            self._faults[fault.hook] = (fault if known is None else
+                                        replace(known, count=known.count + fault.count))
+        self._exemptions.extend(session.exemptions)
+
+    def _add_timeline(self, timeline: Timeline, new_ids: dict[int, int],
+                      offset_ms: float) -> None:
+        base = len(self._owners)
+        self._owners.extend(timeline.owners)
+        for lt in timeline.loops:
+            moved = LoopTimeline(
+                new_ids.get(lt.loop, lt.loop),
+                tuple((round(s + offset_ms, 3), d, t, n) for s, d, t, n in lt.selects),
+                tuple((round(s + offset_ms, 3), d, owner + base) for s, d, owner in lt.steps))
+            self._timelines.append(moved)
+            self._timeline_size += len(moved.selects) + len(moved.steps)
+        while self._timeline_size > self._max_timeline and len(self._timelines) > 1:
+            oldest = self._timelines.popleft()
+            size = len(oldest.selects) + len(oldest.steps)
+            self._timeline_size -= size
+            self._dropped["timeline"] += size
+
+    def session(self, *, argv: Iterable[str] | None = None) -> Session:
+        """The combined report (raises ``ValueError`` when no report was added)."""
+        first = self._first
+        if first is None:
+            raise ValueError("no report to combine")
+        hotspots = []
+        for (kind, call, site), total in self._sites.items():
+            worst = total.worst
+            assert worst is not None
+            exact = [b.duration_ms for b in self._blocks
+                     if b.kind == kind and b.call == call and b.site == site]
+            p50 = (median_low(tuple(round(d * 1000) for d in exact)) / 1000
+                   if len(exact) == total.count else _weighted_median(total.p50_weighted))
+            hotspots.append(replace(worst, count=total.count,
+                                    total_ms=round(total.total_ms, 3), max_ms=total.max_ms,
+                                    p50_ms=p50))
+        tasks = sorted(
+            (TaskSummary(kind, name, coroutine, row.steps,
+                         None if row.busy_ms is None else round(row.busy_ms, 3),
+                         row.blocks, round(row.block_ms, 3), row.max_block_ms)
+             for (kind, name, coroutine), row in self._tasks.items()),
+            key=lambda t: (-t.block_ms, -(t.busy_ms or 0.0), t.name))
+        timeline = (Timeline(tuple(self._owners), tuple(self._timelines))
+                    if self._timelines else None)
+        return replace(
+            first,
+            argv=tuple(argv) if argv is not None else first.argv,
+            pid=os.getpid(),
+            threshold_ms=self._threshold_ms,
+            mode=next(iter(self._modes)) if len(self._modes) == 1 else "default",
+            accelerated=self._accelerated,
+            probes=self._probes,
+            wall_ms=round((self._end_unix_ns - first.started_unix_ns) / 1e6, 3),
+            loops=tuple(self._loops),
+            hotspots=_ordered_hotspots(hotspots),
+            blocks=tuple(sorted(self._blocks, key=lambda b: b.start_ms)),
+            tasks=tuple(tasks),
+            timeline=timeline,
+            dropped={k: v for k, v in sorted(self._dropped.items()) if v},
+            faults=tuple(self._faults.values()),
+            exemptions=tuple(self._exemptions),
+        )

@@ -1,0 +1,461 @@
+"""The HTML report: one self-contained file to open in a browser.
+
+No CDN, no font, no image, no request of any kind: styles and the one small script are
+inline, and a Content-Security-Policy allows exactly those two (by hash) and nothing else,
+so even a string that slipped past escaping could neither run nor fetch anything. Every
+table is plain HTML, readable with JavaScript off; the script only makes columns
+sortable. Every string that comes from the traced program (task and thread names, paths,
+source lines, argv, call names) is escaped.
+
+Sections: summary, loops (figures and a timeline: busy vs io-wait, blocks marked), hotspots
+with the source lines around each site (read from the file when the report is rendered),
+individual blocks, the per-task table, allow-list exemptions (pytest), and notes (drops,
+faults).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tokenize
+from collections.abc import Iterable, Sequence
+from html import escape
+
+from looptrace.events import CodeLocation
+from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
+
+from ._timeline_svg import render_svg
+from .text import short_path
+
+CONTEXT_LINES = 3
+"""Source lines shown above and below a hotspot's site."""
+MAX_BLOCK_ROWS = 500
+"""The blocks table shows the longest blocks up to this many (all are in the JSON)."""
+MAX_TIMELINES = 20
+"""Loops drawn as timelines (the busiest); every loop is in the loops table."""
+_MAX_SOURCE_BYTES = 5_000_000
+
+_STYLE = """
+:root { --busy: #e8710a; --idle: #7baaf7; --block: #d93025; --ink: #202124;
+  --muted: #5f6368; --rule: #dadce0; --bg: #ffffff; --band: #f8f9fa; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  color: var(--ink); background: var(--bg); margin: 0 auto; padding: 16px 24px 48px;
+  max-width: 1280px; }
+h1 { font-size: 22px; margin: 8px 0 4px; }
+h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid var(--rule);
+  padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 16px 0 4px; }
+code, pre, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas,
+  monospace; font-size: 12.5px; }
+.sub { color: var(--muted); margin: 0 0 12px; overflow-wrap: anywhere; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
+.card { border: 1px solid var(--rule); border-radius: 8px; padding: 8px 14px;
+  min-width: 140px; background: var(--band); }
+.card b { display: block; font-size: 20px; }
+.card span { color: var(--muted); font-size: 12px; }
+table { border-collapse: collapse; width: 100%; margin: 8px 0; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--rule);
+  vertical-align: top; }
+th { background: var(--band); font-weight: 600; white-space: nowrap; }
+th.sortable { cursor: pointer; }
+th.sortable::after { content: " \\2195"; color: var(--muted); font-size: 11px; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums;
+  white-space: nowrap; }
+td.wrap { overflow-wrap: break-word; word-break: break-word; }
+.scroll { overflow-x: auto; }
+tr.detail td { background: var(--band); border-bottom: 2px solid var(--rule); }
+.kind-blocking-call { color: var(--block); font-weight: 600; }
+.kind-slow-step { color: var(--busy); font-weight: 600; }
+pre.source { margin: 6px 0; padding: 6px 0; background: #fff;
+  border: 1px solid var(--rule); border-radius: 6px; overflow-x: auto; }
+pre.source span.line { display: block; padding: 0 10px; white-space: pre; }
+pre.source span.hit { background: #fce8e6; font-weight: 600; }
+pre.source span.no { display: inline-block; min-width: 4em; color: var(--muted);
+  user-select: none; }
+details summary { cursor: pointer; color: var(--muted); }
+ol.stack { margin: 4px 0; padding-left: 24px; }
+.advice { margin: 4px 0; }
+.legend { display: flex; gap: 16px; color: var(--muted); font-size: 12px; margin: 4px 0; }
+.legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
+  vertical-align: -2px; border-radius: 2px; }
+.legend .busy { background: var(--busy); } .legend .idle { background: var(--idle); }
+.legend .block { background: var(--block); }
+svg.timeline { width: 100%; height: auto; display: block; margin: 4px 0 12px; }
+svg.timeline .lane { font-size: 11px; fill: var(--muted); }
+svg.timeline .note { font-size: 11px; fill: var(--muted); }
+svg.timeline .axis { font-size: 10px; fill: var(--muted); }
+svg.timeline .tick { stroke: var(--muted); stroke-width: 1; }
+svg.timeline .lane-bg { fill: var(--band); stroke: var(--rule); stroke-width: 0.5; }
+svg.timeline .busy { fill: var(--busy); }
+svg.timeline .idle { fill: var(--idle); }
+svg.timeline .block { fill: var(--block); }
+svg.timeline a:hover .block { fill: #a50e0e; }
+.ratio { display: flex; height: 10px; border-radius: 5px; overflow: hidden;
+  background: var(--rule); max-width: 420px; margin: 4px 0; }
+.ratio .busy { background: var(--busy); } .ratio .idle { background: var(--idle); }
+.none { color: var(--muted); font-style: italic; }
+tr:target td { background: #fef7e0; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+# Sorting only: every table is complete without it. Numbers sort by data-v when present.
+_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.querySelectorAll("thead th");
+  heads.forEach(function (th, column) {
+    th.classList.add("sortable");
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0];
+      var groups = [];
+      Array.prototype.forEach.call(body.rows, function (row) {
+        if (row.classList.contains("detail") && groups.length) {
+          groups[groups.length - 1].push(row);
+        } else {
+          groups.push([row]);
+        }
+      });
+      var descending = th.getAttribute("data-order") !== "desc";
+      heads.forEach(function (h) { h.removeAttribute("data-order"); });
+      th.setAttribute("data-order", descending ? "desc" : "asc");
+      function key(group) {
+        var cell = group[0].cells[column];
+        if (!cell) { return ""; }
+        var v = cell.getAttribute("data-v");
+        return v === null ? cell.textContent.trim().toLowerCase() : parseFloat(v);
+      }
+      groups.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        var order = x < y ? -1 : (x > y ? 1 : 0);
+        return descending ? -order : order;
+      });
+      groups.forEach(function (group) {
+        group.forEach(function (row) { body.appendChild(row); });
+      });
+    });
+  });
+});
+"""
+
+
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
+
+
+def _num(value: float | None, text: str | None = None) -> str:
+    """A numeric cell, sortable by its value."""
+    shown = text if text is not None else ("n/a" if value is None else _e(value))
+    data = "" if value is None else f' data-v="{value}"'
+    return f'<td class="num"{data}>{shown}</td>'
+
+
+def _site_html(site: CodeLocation | None) -> str:
+    if site is None:
+        return '<span class="none">site unknown</span>'
+    return (f'<code title="{_e(site.file)}">{_e(short_path(site.file))}:{site.line}</code>'
+            f' in <code>{_e(site.function)}</code>')
+
+
+def source_excerpt(site: CodeLocation, context: int = CONTEXT_LINES) -> list[tuple[int, str]]:
+    """The lines around ``site`` as (number, text), read now; empty when the file cannot be
+    read (another machine, a deleted file, ``<frozen ...>``)."""
+    path = site.file
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _MAX_SOURCE_BYTES:
+            return []
+        with tokenize.open(path) as f:  # honours the file's encoding declaration
+            lines = f.read().splitlines()
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    first = max(site.line - context, 1)
+    last = min(site.line + context, len(lines))
+    return [(n, lines[n - 1]) for n in range(first, last + 1)]
+
+
+def _source_html(site: CodeLocation | None) -> str:
+    if site is None:
+        return ""
+    excerpt = source_excerpt(site)
+    if not excerpt:
+        return (f'<p class="none">source of {_e(short_path(site.file))} is not readable '
+                "here</p>")
+    rows = []
+    for number, text in excerpt:
+        hit = " hit" if number == site.line else ""
+        rows.append(f'<span class="line{hit}"><span class="no">{number}</span>'
+                    f"{_e(text.expandtabs(4))}</span>")
+    return f'<pre class="source">{"".join(rows)}</pre>'
+
+
+def _stack_html(stack: Sequence[CodeLocation]) -> str:
+    if not stack:
+        return ""
+    items = "".join(f'<li><code title="{_e(frame.file)}">{_e(short_path(frame.file))}:'
+                    f"{frame.line}</code> in <code>{_e(frame.function)}</code></li>"
+                    for frame in stack)
+    return (f"<details><summary>stack ({len(stack)} frames, innermost last)</summary>"
+            f'<ol class="stack">{items}</ol></details>')
+
+
+def _cards(session: Session) -> str:
+    blocks = sum(h.count for h in session.hotspots)
+    blocked = sum(h.total_ms for h in session.hotspots)
+    worst = max((h.max_ms for h in session.hotspots), default=None)
+    utilizations = [loop.utilization for loop in session.loops if loop.utilization is not None]
+    lags = [loop.lag_ms.p99 for loop in session.loops if loop.lag_ms.p99 is not None]
+    cards = [
+        (_ms(session.wall_ms), "wall time recorded"),
+        (str(len(session.loops)), "loops"),
+        (str(blocks), f"blocks \u2265 {_ms(session.threshold_ms)}"),
+        (_ms(blocked), "loop blocked, in total"),
+        (_ms(worst), "longest block"),
+        (f"{max(utilizations) * 100:.1f}%" if utilizations else "n/a",
+         "utilisation (busiest loop)"),
+        (_ms(max(lags)) if lags else "n/a", "lag p99 (worst loop)"),
+    ]
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+        for value, label in cards) + "</div>"
+
+
+def _summary(session: Session) -> str:
+    program = " ".join(session.argv) or "(unknown program)"
+    rows = [
+        ("program", f"<code>{_e(program)}</code>"),
+        ("started", _e(session.started_at)),
+        ("wall time", _e(_ms(session.wall_ms))),
+        ("threshold", f"{_e(_ms(session.threshold_ms))} (a step this long or longer is a "
+                      "block)"),
+        ("mode", _e(session.mode)),
+        ("Python", f"{_e(session.implementation)} {_e(session.python)} on "
+                   f"{_e(session.platform)}, pid {session.pid}"),
+        ("looptrace", f"{_e(session.looptrace_version)}"
+                      f"{' (C accelerator)' if session.accelerated else ''}, "
+                      f"{session.probes} probes"),
+    ]
+    table = "".join(f"<tr><th>{k}</th><td class=\"wrap\">{v}</td></tr>" for k, v in rows)
+    return (f'<section id="summary"><h2>Summary</h2>{_cards(session)}'
+            f'<table class="summary">{table}</table></section>')
+
+
+def _ratio(loop: LoopSummary) -> str:
+    if loop.busy_ms is None or loop.io_wait_ms is None:
+        return ""
+    total = loop.busy_ms + loop.io_wait_ms
+    if total <= 0:
+        return ""
+    busy = loop.busy_ms / total * 100
+    return (f'<div class="ratio" role="img" aria-label="busy {busy:.1f}%">'
+            f'<svg viewBox="0 0 100 10" preserveAspectRatio="none" width="100%" height="10" '
+            f'xmlns="http://www.w3.org/2000/svg"><rect x="0" y="0" width="{busy:.3f}" '
+            f'height="10" fill="#e8710a"/><rect x="{busy:.3f}" y="0" '
+            f'width="{100 - busy:.3f}" height="10" fill="#7baaf7"/></svg></div>')
+
+
+def _loops(session: Session, numbered: Sequence[tuple[int, BlockEvent]]) -> str:
+    if not session.loops:
+        return ('<section id="loops"><h2>Loops</h2><p class="none">No event loop ran while '
+                "looptrace was recording.</p></section>")
+    head = ("<tr><th>loop</th><th>thread</th><th>kind</th><th class=\"num\">utilisation</th>"
+            "<th class=\"num\">busy</th><th class=\"num\">io-wait</th>"
+            "<th class=\"num\">iterations</th><th class=\"num\">steps</th>"
+            "<th class=\"num\">blocks</th><th class=\"num\">lag p50</th>"
+            "<th class=\"num\">lag p99</th><th class=\"num\">lag max</th>"
+            "<th>not measurable</th></tr>")
+    rows = []
+    for loop in session.loops:
+        utilization = loop.utilization
+        rows.append(
+            f'<tr id="loop-{loop.id}"><td>{loop.id}</td><td class="wrap">{_e(loop.thread)}</td>'
+            f"<td>{_e(loop.kind)}</td>"
+            + _num(utilization, f"{utilization * 100:.1f}%" if utilization is not None else None)
+            + _num(loop.busy_ms, _ms(loop.busy_ms)) + _num(loop.io_wait_ms, _ms(loop.io_wait_ms))
+            + _num(loop.iterations) + _num(loop.steps) + _num(loop.blocks)
+            + _num(loop.lag_ms.p50, _ms(loop.lag_ms.p50))
+            + _num(loop.lag_ms.p99, _ms(loop.lag_ms.p99))
+            + _num(loop.lag_ms.max, _ms(loop.lag_ms.max))
+            + f"<td>{_e(', '.join(loop.missing)) or '&mdash;'}</td></tr>")
+    table = (f'<div class="scroll"><table class="sortable" id="loop-table"><thead>{head}'
+             f"</thead><tbody>{''.join(rows)}</tbody></table></div>")
+    timelines = session.timeline.loops if session.timeline is not None else ()
+    by_loop = {t.loop: t for t in timelines}
+    drawn = sorted(session.loops, key=lambda loop: (-loop.block_ms, -(loop.busy_ms or 0.0),
+                                                    loop.id))[:MAX_TIMELINES]
+    figures = []
+    for loop in sorted(drawn, key=lambda loop: loop.id):
+        own = [(n, b) for n, b in numbered if b.loop == loop.id]
+        figures.append(
+            f"<h3>Loop {loop.id} <small>({_e(loop.thread)}, {_e(loop.kind)})</small></h3>"
+            + _ratio(loop)
+            + render_svg(loop.id, session.wall_ms, by_loop.get(loop.id), own))
+    legend = ('<div class="legend"><span><i class="busy"></i>busy (running steps)</span>'
+              '<span><i class="idle"></i>io-wait (in select)</span>'
+              '<span><i class="block"></i>block (hover for details, click for its row)'
+              "</span></div>")
+    more = ""
+    if len(session.loops) > MAX_TIMELINES:
+        more = (f'<p class="none">Timelines of the {MAX_TIMELINES} loops with the most '
+                f"blocked time; {len(session.loops) - MAX_TIMELINES} more are in the table.</p>")
+    return (f'<section id="loops"><h2>Loops</h2>{table}<h2 id="timeline">Timeline</h2>'
+            f"{legend}{''.join(figures)}{more}</section>")
+
+
+def _hotspots(hotspots: Sequence[Hotspot], threshold_ms: float) -> str:
+    if not hotspots:
+        return (f'<section id="hotspots"><h2>Hotspots</h2><p class="none">No block of the '
+                f"loop at or over {_e(_ms(threshold_ms))}.</p></section>")
+    head = ("<tr><th class=\"num\">#</th><th>kind</th><th>call</th><th>site</th>"
+            "<th class=\"num\">count</th><th class=\"num\">total</th><th class=\"num\">max</th>"
+            "<th class=\"num\">p50</th><th>task</th></tr>")
+    rows = []
+    for number, hotspot in enumerate(hotspots, start=1):
+        task = hotspot.task or "?"
+        if hotspot.coroutine:
+            task += f" ({hotspot.coroutine})"
+        call = (f"<code>{_e(hotspot.call)}</code>" if hotspot.call
+                else '<span class="none">no blocking function named</span>')
+        rows.append(
+            f'<tr id="hotspot-{number}">' + _num(number)
+            + f'<td class="kind-{_e(hotspot.kind)}">{_e(hotspot.kind)}</td><td>{call}</td>'
+            f'<td class="wrap site">{_site_html(hotspot.site)}</td>'
+            + _num(hotspot.count) + _num(hotspot.total_ms, _ms(hotspot.total_ms))
+            + _num(hotspot.max_ms, _ms(hotspot.max_ms)) + _num(hotspot.p50_ms, _ms(hotspot.p50_ms))
+            + f'<td class="wrap">{_e(task)}</td></tr>')
+        advice = (f'<p class="advice"><b>fix:</b> {_e(hotspot.advice)}</p>'
+                  if hotspot.advice else "")
+        rows.append(f'<tr class="detail"><td></td><td colspan="8">{advice}'
+                    f"{_source_html(hotspot.site)}{_stack_html(hotspot.stack)}</td></tr>")
+    return (f'<section id="hotspots"><h2>Hotspots <small>(by total time)</small></h2>'
+            f'<table class="sortable" id="hotspot-table"><thead>{head}</thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def numbered_blocks(blocks: Iterable[BlockEvent]) -> list[tuple[int, BlockEvent]]:
+    """Blocks in time order, numbered from 1 (the numbers link timeline and table)."""
+    return list(enumerate(sorted(blocks, key=lambda b: b.start_ms), start=1))
+
+
+def _blocks(numbered: Sequence[tuple[int, BlockEvent]], dropped: int) -> str:
+    if not numbered:
+        return ""
+    shown = numbered
+    note = ""
+    if len(numbered) > MAX_BLOCK_ROWS:
+        shown = sorted(sorted(numbered, key=lambda nb: -nb[1].duration_ms)[:MAX_BLOCK_ROWS])
+        note = (f'<p class="none">The {MAX_BLOCK_ROWS} longest of {len(numbered)} blocks; '
+                "the JSON report has them all.</p>")
+    if dropped:
+        note += (f'<p class="none">{dropped} older blocks were not kept individually '
+                 "(max_blocks); the hotspot figures count them.</p>")
+    head = ("<tr><th class=\"num\">#</th><th class=\"num\">start</th>"
+            "<th class=\"num\">duration</th><th>kind</th><th>call</th><th>site</th>"
+            "<th>task</th><th class=\"num\">loop</th><th>trace</th></tr>")
+    rows = []
+    for number, block in shown:
+        task = block.task or block.callback or "?"
+        trace = (f'<code title="span {_e(block.span_id)}">{_e(block.trace_id)}</code>'
+                 if block.trace_id else "")
+        rows.append(
+            f'<tr id="block-{number}">' + _num(number)
+            + _num(block.start_ms, f"+{_ms(block.start_ms)}")
+            + _num(block.duration_ms, _ms(block.duration_ms))
+            + f'<td class="kind-{_e(block.kind)}">{_e(block.kind)}</td>'
+            f"<td>{_e(block.call or '')}</td><td class=\"wrap\">{_site_html(block.site)}</td>"
+            f'<td class="wrap">{_e(task)}</td>' + _num(block.loop)
+            + f"<td>{trace}</td></tr>")
+    return (f'<section id="blocks"><h2>Blocks</h2>{note}<table class="sortable" '
+            f'id="block-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            "</section>")
+
+
+def _tasks(session: Session) -> str:
+    if not session.tasks:
+        return ""
+    head = ("<tr><th>task</th><th>kind</th><th>coroutine</th><th class=\"num\">steps</th>"
+            "<th class=\"num\">busy</th><th class=\"num\">blocks</th>"
+            "<th class=\"num\">blocked</th><th class=\"num\">longest block</th></tr>")
+    rows = [
+        f'<tr><td class="wrap task-name">{_e(task.name)}</td><td>{_e(task.kind)}</td>'
+        f'<td class="wrap">{_e(task.coroutine or "")}</td>'
+        + _num(task.steps) + _num(task.busy_ms, _ms(task.busy_ms) if task.busy_ms is not None
+                                  else None)
+        + _num(task.blocks) + _num(task.block_ms, _ms(task.block_ms))
+        + _num(task.max_block_ms, _ms(task.max_block_ms)) + "</tr>"
+        for task in session.tasks
+    ]
+    note = ("" if session.mode == "full" else
+            '<p class="none">Steps and busy time per task are recorded in full mode; '
+            "default mode counts blocks only.</p>")
+    return (f'<section id="tasks"><h2>Tasks</h2>{note}<table class="sortable" '
+            f'id="task-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            "</section>")
+
+
+def _exemptions(session: Session) -> str:
+    if not session.exemptions:
+        return ""
+    rows = "".join(f"<tr><td><code>{_e(x.rule)}</code></td>" + _num(x.count)
+                   + f'<td class="wrap">{_e(x.test or "")}</td></tr>'
+                   for x in session.exemptions)
+    return ('<section id="exemptions"><h2>Exemptions used</h2><p>Blocks over a test\'s '
+            "budget that an <code>allow=</code> rule let pass.</p>"
+            '<table class="sortable"><thead><tr><th>rule</th><th class="num">blocks</th>'
+            f"<th>test</th></tr></thead><tbody>{rows}</tbody></table></section>")
+
+
+def _notes(session: Session) -> str:
+    items = [f"<li>{_e(what)}: {count} dropped (bounded buffers)</li>"
+             for what, count in sorted(session.dropped.items()) if count]
+    items += [f"<li>hook <code>{_e(f.hook)}</code> failed {f.count}\u00d7 and was disabled: "
+              f"{_e(f.error)}</li>" for f in session.faults]
+    if not items:
+        return ""
+    return f'<section id="notes"><h2>Notes</h2><ul>{"".join(items)}</ul></section>'
+
+
+def render(session: Session) -> str:
+    """The HTML document for ``session``."""
+    numbered = numbered_blocks(session.blocks)
+    csp = (f"default-src 'none'; style-src {_csp_hash(_STYLE)}; "
+           f"script-src {_csp_hash(_SCRIPT)}; img-src data:; base-uri 'none'; "
+           "form-action 'none'")
+    program = " ".join(session.argv) or "python"
+    body = "".join([
+        f"<h1>looptrace report</h1><p class=\"sub\"><code>{_e(program)}</code> &middot; "
+        f"{_e(session.started_at)}</p>",
+        '<nav class="sub"><a href="#summary">summary</a> &middot; <a href="#loops">loops</a>'
+        ' &middot; <a href="#timeline">timeline</a> &middot; <a href="#hotspots">hotspots</a>'
+        ' &middot; <a href="#blocks">blocks</a> &middot; <a href="#tasks">tasks</a></nav>',
+        _summary(session),
+        _loops(session, numbered),
+        _hotspots(session.hotspots, session.threshold_ms),
+        _blocks(numbered, session.dropped.get("blocks", 0)),
+        _tasks(session),
+        _exemptions(session),
+        _notes(session),
+        f"<footer>looptrace {_e(session.looptrace_version)}, report schema "
+        f"{_e(session.schema)}</footer>",
+    ])
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>looptrace: {_e(program)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}<script>{_SCRIPT}</script></body></html>\n"
+    )
