@@ -185,8 +185,10 @@ def _trimmed(tb: TracebackType | None) -> TracebackType | None:
     """Drop looptrace's and runpy's frames from the head of the program's traceback."""
     here = os.path.dirname(os.path.abspath(__file__))
     while tb is not None:
-        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if filename.startswith(here + os.sep) or os.path.basename(filename) == "runpy.py":
+        raw = tb.tb_frame.f_code.co_filename
+        filename = os.path.abspath(raw)
+        if filename.startswith(here + os.sep) or raw == "<frozen runpy>" \
+                or os.path.basename(filename) == "runpy.py":
             tb = tb.tb_next
         else:
             break
@@ -250,7 +252,8 @@ def run_command(ns: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         pending = exc
     except BaseException as exc:
-        sys.excepthook(type(exc), exc, _trimmed(exc.__traceback__))
+        trimmed = _trimmed(exc.__traceback__)
+        sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         status = 1
     finally:
         session = looptrace.uninstall()

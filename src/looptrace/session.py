@@ -255,7 +255,7 @@ class _Reader:
         return _Reader(self.obj().get(key, default), f"{self.path}.{key}")
 
     def items(self) -> list[_Reader]:
-        if not isinstance(self.data, list):
+        if not isinstance(self.data, list | tuple):
             raise self._fail(f"expected a list, found {type(self.data).__name__}")
         return [_Reader(v, f"{self.path}[{i}]") for i, v in enumerate(self.data)]
 
