@@ -259,44 +259,44 @@ class _Reader:
             raise self._fail(f"expected a list, found {type(self.data).__name__}")
         return [_Reader(v, f"{self.path}[{i}]") for i, v in enumerate(self.data)]
 
-    def str(self) -> str:
+    def text(self) -> str:
         if not isinstance(self.data, str):
             raise self._fail(f"expected a string, found {type(self.data).__name__}")
         return self.data
 
-    def opt_str(self) -> str | None:
-        return None if self.data is None else self.str()
+    def opt_text(self) -> str | None:
+        return None if self.data is None else self.text()
 
-    def int(self) -> int:
+    def integer(self) -> int:
         if isinstance(self.data, bool) or not isinstance(self.data, int):
             raise self._fail(f"expected an integer, found {type(self.data).__name__}")
         return self.data
 
-    def opt_int(self) -> int | None:
-        return None if self.data is None else self.int()
+    def opt_integer(self) -> int | None:
+        return None if self.data is None else self.integer()
 
-    def num(self) -> float:
+    def number(self) -> float:
         if isinstance(self.data, bool) or not isinstance(self.data, int | float) \
                 or not math.isfinite(self.data):
             raise self._fail(f"expected a number, found {self.data!r}")
         return float(self.data)
 
-    def opt_num(self) -> float | None:
-        return None if self.data is None else self.num()
+    def opt_number(self) -> float | None:
+        return None if self.data is None else self.number()
 
-    def bool(self) -> bool:
+    def boolean(self) -> bool:
         if not isinstance(self.data, bool):
             raise self._fail(f"expected true or false, found {self.data!r}")
         return self.data
 
-    def strs(self) -> tuple[str, ...]:
-        return tuple(r.str() for r in self.items())
+    def texts(self) -> tuple[str, ...]:
+        return tuple(r.text() for r in self.items())
 
 
 def _location(r: _Reader) -> CodeLocation | None:
     if r.data is None:
         return None
-    return CodeLocation(r["file"].str(), r["line"].int(), r["function"].str())
+    return CodeLocation(r["file"].text(), r["line"].integer(), r["function"].text())
 
 
 def _stack(r: _Reader) -> tuple[CodeLocation, ...]:
@@ -306,54 +306,54 @@ def _stack(r: _Reader) -> tuple[CodeLocation, ...]:
 def _read_loop(r: _Reader) -> LoopSummary:
     lag = r["lag_ms"]
     return LoopSummary(
-        id=r["id"].int(), thread=r["thread"].str(), thread_id=r["thread_id"].int(),
-        kind=r["kind"].str(), coverage=r["coverage"].strs(), missing=r["missing"].strs(),
-        iterations=r["iterations"].opt_int(), select_calls=r["select_calls"].opt_int(),
-        events=r["events"].opt_int(), io_wait_ms=r["io_wait_ms"].opt_num(),
-        busy_ms=r["busy_ms"].opt_num(), utilization=r["utilization"].opt_num(),
-        lag_ms=Lag(lag["p50"].opt_num(), lag["p99"].opt_num(), lag["max"].opt_num(),
-                   lag["source"].str()),
-        steps=r["steps"].opt_int(), blocks=r["blocks"].int(), block_ms=r["block_ms"].num(),
-        long_iterations=r["long_iterations"].int(),
-        saturated_iterations=r["saturated_iterations"].int(),
+        id=r["id"].integer(), thread=r["thread"].text(), thread_id=r["thread_id"].integer(),
+        kind=r["kind"].text(), coverage=r["coverage"].texts(), missing=r["missing"].texts(),
+        iterations=r["iterations"].opt_integer(), select_calls=r["select_calls"].opt_integer(),
+        events=r["events"].opt_integer(), io_wait_ms=r["io_wait_ms"].opt_number(),
+        busy_ms=r["busy_ms"].opt_number(), utilization=r["utilization"].opt_number(),
+        lag_ms=Lag(lag["p50"].opt_number(), lag["p99"].opt_number(), lag["max"].opt_number(),
+                   lag["source"].text()),
+        steps=r["steps"].opt_integer(), blocks=r["blocks"].integer(), block_ms=r["block_ms"].number(),
+        long_iterations=r["long_iterations"].integer(),
+        saturated_iterations=r["saturated_iterations"].integer(),
     )
 
 
 def _read_hotspot(r: _Reader) -> Hotspot:
     return Hotspot(
-        kind=r["kind"].str(), call=r["call"].opt_str(), site=_location(r["site"]),
-        count=r["count"].int(), total_ms=r["total_ms"].num(), max_ms=r["max_ms"].num(),
-        p50_ms=r["p50_ms"].num(), thread=r["thread"].str(), task=r["task"].opt_str(),
-        coroutine=r["coroutine"].opt_str(), stack=_stack(r["stack"]), advice=r["advice"].str(),
+        kind=r["kind"].text(), call=r["call"].opt_text(), site=_location(r["site"]),
+        count=r["count"].integer(), total_ms=r["total_ms"].number(), max_ms=r["max_ms"].number(),
+        p50_ms=r["p50_ms"].number(), thread=r["thread"].text(), task=r["task"].opt_text(),
+        coroutine=r["coroutine"].opt_text(), stack=_stack(r["stack"]), advice=r["advice"].text(),
     )
 
 
 def _read_block(r: _Reader) -> BlockEvent:
     return BlockEvent(
-        loop=r["loop"].int(), thread=r["thread"].str(), thread_id=r["thread_id"].int(),
-        start_ms=r["start_ms"].num(), start_unix_ns=r["start_unix_ns"].int(),
-        duration_ms=r["duration_ms"].num(), duration_source=r["duration_source"].str(),
-        kind=r["kind"].str(), call=r["call"].opt_str(), site=_location(r["site"]),
-        site_source=r["site_source"].str(), task=r["task"].opt_str(),
-        coroutine=r["coroutine"].opt_str(), callback=r["callback"].opt_str(),
-        samples=r["samples"].int(), trace_id=r["trace_id"].opt_str(),
-        span_id=r["span_id"].opt_str(), stack=_stack(r["stack"]),
-        gc_ms=r.get("gc_ms", 0.0).num(),
+        loop=r["loop"].integer(), thread=r["thread"].text(), thread_id=r["thread_id"].integer(),
+        start_ms=r["start_ms"].number(), start_unix_ns=r["start_unix_ns"].integer(),
+        duration_ms=r["duration_ms"].number(), duration_source=r["duration_source"].text(),
+        kind=r["kind"].text(), call=r["call"].opt_text(), site=_location(r["site"]),
+        site_source=r["site_source"].text(), task=r["task"].opt_text(),
+        coroutine=r["coroutine"].opt_text(), callback=r["callback"].opt_text(),
+        samples=r["samples"].integer(), trace_id=r["trace_id"].opt_text(),
+        span_id=r["span_id"].opt_text(), stack=_stack(r["stack"]),
+        gc_ms=r.get("gc_ms", 0.0).number(),
     )
 
 
 def _read_task(r: _Reader) -> TaskSummary:
     return TaskSummary(
-        kind=r["kind"].str(), name=r["name"].str(), coroutine=r["coroutine"].opt_str(),
-        steps=r["steps"].opt_int(), busy_ms=r["busy_ms"].opt_num(), blocks=r["blocks"].int(),
-        block_ms=r["block_ms"].num(), max_block_ms=r["max_block_ms"].num(),
+        kind=r["kind"].text(), name=r["name"].text(), coroutine=r["coroutine"].opt_text(),
+        steps=r["steps"].opt_integer(), busy_ms=r["busy_ms"].opt_number(), blocks=r["blocks"].integer(),
+        block_ms=r["block_ms"].number(), max_block_ms=r["max_block_ms"].number(),
     )
 
 
 def _read_timeline(r: _Reader) -> Timeline | None:
     if r.data is None:
         return None
-    owners = tuple(Owner(o["kind"].str(), o["name"].str(), o["coroutine"].opt_str())
+    owners = tuple(Owner(o["kind"].text(), o["name"].text(), o["coroutine"].opt_text())
                    for o in r["owners"].items())
     loops = []
     for lr in r["loops"].items():
@@ -362,14 +362,14 @@ def _read_timeline(r: _Reader) -> Timeline | None:
             parts = s.items()
             if len(parts) != 4:
                 raise s._fail("expected [start_ms, duration_ms, timeout_ms, events]")
-            selects.append((parts[0].num(), parts[1].num(), parts[2].opt_num(), parts[3].int()))
+            selects.append((parts[0].number(), parts[1].number(), parts[2].opt_number(), parts[3].integer()))
         steps = []
         for s in lr["steps"].items():
             parts = s.items()
             if len(parts) != 3:
                 raise s._fail("expected [start_ms, duration_ms, owner]")
-            steps.append((parts[0].num(), parts[1].num(), parts[2].int()))
-        loops.append(LoopTimeline(lr["loop"].int(), tuple(selects), tuple(steps)))
+            steps.append((parts[0].number(), parts[1].number(), parts[2].integer()))
+        loops.append(LoopTimeline(lr["loop"].integer(), tuple(selects), tuple(steps)))
     return Timeline(owners, tuple(loops))
 
 
@@ -381,23 +381,23 @@ def _read_session(r: _Reader) -> Session:
         raise ReportError(f"schema {schema!r} is not supported by this looptrace "
                           f"(it reads {SCHEMA!r})")
     dropped_r = r["dropped"]
-    dropped = {k: _Reader(v, f"{dropped_r.path}.{k}").int() for k, v in dropped_r.obj().items()}
+    dropped = {k: _Reader(v, f"{dropped_r.path}.{k}").integer() for k, v in dropped_r.obj().items()}
     tasks = r["tasks"]
     return Session(
-        looptrace_version=r["looptrace_version"].str(), python=r["python"].str(),
-        implementation=r["implementation"].str(), platform=r["platform"].str(),
-        argv=r["argv"].strs(), pid=r["pid"].int(), started_at=r["started_at"].str(),
-        started_unix_ns=r["started_unix_ns"].int(), threshold_ms=r["threshold_ms"].num(),
-        mode=r["mode"].str(), accelerated=r["accelerated"].bool(), probes=r["probes"].int(),
-        wall_ms=r["wall_ms"].num(),
+        looptrace_version=r["looptrace_version"].text(), python=r["python"].text(),
+        implementation=r["implementation"].text(), platform=r["platform"].text(),
+        argv=r["argv"].texts(), pid=r["pid"].integer(), started_at=r["started_at"].text(),
+        started_unix_ns=r["started_unix_ns"].integer(), threshold_ms=r["threshold_ms"].number(),
+        mode=r["mode"].text(), accelerated=r["accelerated"].boolean(), probes=r["probes"].integer(),
+        wall_ms=r["wall_ms"].number(),
         loops=tuple(_read_loop(x) for x in r["loops"].items()),
         hotspots=tuple(_read_hotspot(x) for x in r["hotspots"].items()),
         blocks=tuple(_read_block(x) for x in r["blocks"].items()),
         tasks=tuple(_read_task(x) for x in tasks["rows"].items()),
         timeline=_read_timeline(r.get("timeline")),
         dropped=dropped,
-        faults=tuple(FaultSummary(f["hook"].str(), f["count"].int(), f["error"].str())
+        faults=tuple(FaultSummary(f["hook"].text(), f["count"].integer(), f["error"].text())
                      for f in r["faults"].items()),
-        exemptions=tuple(Exemption(e["rule"].str(), e["count"].int(), e.get("test").opt_str())
+        exemptions=tuple(Exemption(e["rule"].text(), e["count"].integer(), e.get("test").opt_text())
                          for e in r.get("exemptions", []).items()),
     )

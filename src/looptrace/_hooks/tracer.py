@@ -93,8 +93,9 @@ class Tracer:
             original_run, self.on_long_step, options.threshold_ns,
             accelerated=options.accelerator, owners=self.owners,
             ring_capacity=options.buffer_size)
-        self.accelerated = method is self.step_hook and not isinstance(self.step_hook,
-                                                                       FullStepHook)
+        # The C hooks (default and full mode) are installed themselves; the Python ones
+        # install a function.
+        self.accelerated = method is self.step_hook
         self.recorder.on_fault("steps", self._disable_steps)
         self.recorder.on_fault("selector", self._disable_timers)
         self.recorder.on_fault("probes", self._disable_probes)
@@ -177,7 +178,7 @@ class Tracer:
         if getattr(asyncio, "_set_running_loop", None) is original_set:
             self._patches.apply(Patch(asyncio, "_set_running_loop", _set_running_loop))
 
-        original_lazy_init = runners.Runner._lazy_init
+        original_lazy_init = vars(runners.Runner)["_lazy_init"]
 
         @functools.wraps(original_lazy_init)
         def _lazy_init(runner: Any) -> None:
@@ -258,6 +259,7 @@ class Tracer:
                 record = self.recorder.add_loop(
                     loop, f"selector:{type(selector).__name__}", SELECTOR_COVERAGE, ())
                 ring = options.buffer_size if options.mode == "full" else 0
+                assert selector is not None
                 method, timer = make_select_timer(
                     selector, record.on_long_iteration, options.threshold_ns,
                     accelerated=options.accelerator, ring_capacity=ring)
