@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.client
 import http.server
+import queue
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -31,7 +35,6 @@ def _asyncio_state() -> dict[str, object]:
     policy = events._event_loop_policy
     if policy is not None:
         state["policy.new_event_loop"] = vars(policy).get("new_event_loop")
-    import sys
     for name, module_name, path in CATALOGUE:
         module = sys.modules.get(module_name)
         if module is None:
@@ -44,12 +47,6 @@ def _asyncio_state() -> dict[str, object]:
             state[name] = vars(owner).get(attribute) if hasattr(owner, "__dict__") else None
     return state
 
-
-# Import what the tests use before the first snapshot, so "new module imported" is not
-# mistaken for "attribute patched".
-import queue  # noqa: E402,F401
-import subprocess  # noqa: E402,F401
-import concurrent.futures  # noqa: E402,F401
 
 _PRISTINE = _asyncio_state()
 
@@ -76,7 +73,7 @@ class SlowBodyHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_GET(self) -> None:
         delay_ms = 0
         parts = self.path.strip("/").split("/")
         if len(parts) == 2 and parts[0] == "delay":
@@ -91,7 +88,7 @@ class SlowBodyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -110,4 +107,6 @@ def slow_http_server() -> Iterator[str]:
         server.server_close()
 
 
-_ = (http.client, urllib.request)  # imported for the pristine snapshot above
+# Imported so the first snapshot already holds their (probed) attributes: a module that
+# appears later must not look like an attribute looptrace patched.
+_ = (concurrent.futures, http.client, queue, subprocess, urllib.request)

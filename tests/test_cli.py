@@ -17,7 +17,7 @@ LOOPTRACE = [sys.executable, "-m", "looptrace"]
 def run(args: list[str], *, cwd: Path | None = None, stdin: str | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LOOPTRACE, *args], cwd=cwd, input=stdin, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def write(path: Path, source: str) -> Path:
@@ -63,7 +63,7 @@ def test_python_dash_m_looptrace_and_the_console_script_are_the_same(tmp_path: P
     console = Path(sys.executable).parent / "looptrace"
     assert console.exists(), "the looptrace console script is not installed"
     result = subprocess.run([str(console), "run", "--threshold-ms", "50", str(script)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "time.sleep" in result.stderr
 
@@ -131,7 +131,7 @@ def test_keyboard_interrupt_still_writes_the_report(tmp_path: Path) -> None:
     script = write(tmp_path / "interrupt.py", "raise KeyboardInterrupt\n")
     report = tmp_path / "report.json"
     result = run(["run", "--json", str(report), str(script)])
-    expected = subprocess.run([sys.executable, str(script)], capture_output=True)
+    expected = subprocess.run([sys.executable, str(script)], capture_output=True, check=False)
     assert result.returncode == expected.returncode
     assert report.exists()
 
@@ -167,7 +167,7 @@ def test_bad_environment_variable_is_one_line_and_status_2(tmp_path: Path) -> No
     script = write(tmp_path / "prog.py", "print('ran')\n")
     env = {**os.environ, "LOOPTRACE_THRESHOLD_MS": "quick"}
     result = subprocess.run([*LOOPTRACE, "run", str(script)], capture_output=True, text=True,
-                            env=env, timeout=60)
+                            env=env, timeout=60, check=False)
     assert result.returncode == 2
     assert "LOOPTRACE_THRESHOLD_MS" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

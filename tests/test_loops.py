@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers.lines import line_of
 
 import looptrace
+from helpers.lines import line_of
 from looptrace.session import Session
 
 HERE = __file__

@@ -12,10 +12,9 @@ import urllib.request
 import pytest
 
 import looptrace
-from looptrace.session import Session
-
 from helpers import blocking
 from helpers.lines import line_of
+from looptrace.session import Session
 
 HERE = __file__
 
@@ -330,9 +329,9 @@ def test_many_short_steps_in_one_iteration_are_saturation_not_a_hotspot(
 
         # 40 tasks whose steps all run in one iteration, each scheduling 1,000 callbacks,
         # so the next iteration has 40,000 ready at once and no step is long.
-        for _ in range(40):
-            loop.create_task(schedule(1_000))
+        schedulers = [loop.create_task(schedule(1_000)) for _ in range(40)]
         await done
+        await asyncio.gather(*schedulers)
 
     session = record(main, threshold_ms=50, accelerator=accelerator)
     # A garbage collection may stop the loop too; it is named as such, never as a line.

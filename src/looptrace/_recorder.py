@@ -125,7 +125,8 @@ class LoopRecord:
         if self.timer is not None:
             self.timer.forget_last()
 
-    def own_steps(self, thread_steps: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    def own_steps(self, thread_steps: list[tuple[int, int, int]]
+                  ) -> tuple[tuple[int, int, int], ...]:
         """The steps of this loop among those its thread's ring kept."""
         periods = [(start, end or (1 << 62)) for start, end in self.run_periods]
         return tuple(step for step in thread_steps

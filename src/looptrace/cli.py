@@ -13,8 +13,10 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import math
 import os
 import runpy
 import sys
@@ -52,7 +54,7 @@ def _threshold(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"threshold must be a number of milliseconds, "
                                          f"got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"threshold must be a positive number of "
                                          f"milliseconds, got {text!r}")
     return value
@@ -260,10 +262,8 @@ def run_command(ns: argparse.Namespace) -> int:
         if session is not None:
             _write_outputs(session, ns)
             if not ns.quiet:
-                try:
+                with contextlib.suppress(OSError, ValueError):  # a closed stdout is fine
                     sys.stdout.flush()
-                except (OSError, ValueError):
-                    pass
                 sys.stderr.write("\n" + render(session, "text"))
                 sys.stderr.flush()
     if pending is not None:

@@ -313,7 +313,8 @@ def _read_loop(r: _Reader) -> LoopSummary:
         busy_ms=r["busy_ms"].opt_number(), utilization=r["utilization"].opt_number(),
         lag_ms=Lag(lag["p50"].opt_number(), lag["p99"].opt_number(), lag["max"].opt_number(),
                    lag["source"].text()),
-        steps=r["steps"].opt_integer(), blocks=r["blocks"].integer(), block_ms=r["block_ms"].number(),
+        steps=r["steps"].opt_integer(), blocks=r["blocks"].integer(),
+        block_ms=r["block_ms"].number(),
         long_iterations=r["long_iterations"].integer(),
         saturated_iterations=r["saturated_iterations"].integer(),
     )
@@ -345,7 +346,8 @@ def _read_block(r: _Reader) -> BlockEvent:
 def _read_task(r: _Reader) -> TaskSummary:
     return TaskSummary(
         kind=r["kind"].text(), name=r["name"].text(), coroutine=r["coroutine"].opt_text(),
-        steps=r["steps"].opt_integer(), busy_ms=r["busy_ms"].opt_number(), blocks=r["blocks"].integer(),
+        steps=r["steps"].opt_integer(), busy_ms=r["busy_ms"].opt_number(),
+        blocks=r["blocks"].integer(),
         block_ms=r["block_ms"].number(), max_block_ms=r["max_block_ms"].number(),
     )
 
@@ -362,7 +364,8 @@ def _read_timeline(r: _Reader) -> Timeline | None:
             parts = s.items()
             if len(parts) != 4:
                 raise s._fail("expected [start_ms, duration_ms, timeout_ms, events]")
-            selects.append((parts[0].number(), parts[1].number(), parts[2].opt_number(), parts[3].integer()))
+            selects.append((parts[0].number(), parts[1].number(), parts[2].opt_number(),
+                            parts[3].integer()))
         steps = []
         for s in lr["steps"].items():
             parts = s.items()

@@ -11,6 +11,7 @@ callback costs nothing measurable.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from collections import deque
@@ -34,10 +35,8 @@ class GcWatch:
 
     def stop(self) -> None:
         if self._installed:
-            try:
+            with contextlib.suppress(ValueError):  # someone removed it for us
                 gc.callbacks.remove(self._on_gc)
-            except ValueError:  # someone removed it for us
-                pass
             self._installed = False
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:

@@ -109,8 +109,7 @@ class PythonSelectTimer:
                 timer.busy_ns += busy
                 index = bucket_index(busy)
                 hist[index] = hist.get(index, 0) + 1
-                if busy > timer.max_busy_ns:
-                    timer.max_busy_ns = busy
+                timer.max_busy_ns = max(timer.max_busy_ns, busy)
                 if busy >= timer.threshold_ns:
                     timer.long_iterations += 1
                     timer.on_long_iteration(last, start)
