@@ -235,7 +235,9 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
 
 def run_command(ns: argparse.Namespace) -> int:
     import looptrace
+    from looptrace._hooks.frames import treat_as_looptrace
 
+    treat_as_looptrace(sys.argv[0])  # the launcher, before the program's argv replaces it
     kind, target = _prepare_program(ns)
     try:
         looptrace.install(**_options(ns))

@@ -22,6 +22,14 @@ USER, LIBRARY, STDLIB, LOOPTRACE = range(4)
 
 _MAX_DEPTH = 128
 
+_OWN_FILES: set[str] = set()
+
+
+def treat_as_looptrace(path: str) -> None:
+    """Count a file outside the package as looptrace's own (the ``looptrace`` launcher
+    script), so its frames are never taken for the program's."""
+    _OWN_FILES.add(os.path.normcase(os.path.abspath(path)))
+
 
 def _prefixes(paths: set[str]) -> tuple[str, ...]:
     cleaned = {os.path.normcase(os.path.abspath(p)) for p in paths if p}
@@ -57,7 +65,7 @@ class CodeMap:
             # <frozen importlib._bootstrap> is the stdlib; <string>, <stdin> are the user's.
             return STDLIB if filename.startswith("<frozen") else USER
         path = os.path.normcase(os.path.abspath(filename))
-        if path.startswith(self._looptrace):
+        if path.startswith(self._looptrace) or path in _OWN_FILES:
             return LOOPTRACE
         if path.startswith(self._library):
             return LIBRARY

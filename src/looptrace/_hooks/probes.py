@@ -163,6 +163,7 @@ class Probes:
         self._waiting = list(catalogue)
         self._patches = PatchSet()
         self._lock = threading.Lock()
+        self.installed = 0
 
     @property
     def active(self) -> int:
@@ -185,6 +186,7 @@ class Probes:
                 self._patches.apply(
                     Patch(owner, attribute, make_probe(name, original, self.buffer,
                                                        self._on_fault)))
+                self.installed += 1
             self._waiting = still_waiting
 
     def revert(self, *, locked: bool = True) -> None:
