@@ -1,0 +1,197 @@
+"""Loop metrics through the OpenTelemetry metrics API, modelled on ``nodejs.eventloop.*``
+and ``go.schedule.duration``. Nothing here runs on a loop thread.
+
+=====================================  =========  ==========================================
+instrument                             unit       what
+=====================================  =========  ==========================================
+``looptrace.eventloop.lag``            s          histogram: per loop iteration, how long the
+                                                  loop ran between two select calls, i.e.
+                                                  how long ready I/O could wait unnoticed
+``looptrace.eventloop.time``           s          counter, ``looptrace.eventloop.state`` =
+                                                  ``busy`` (running steps) or ``io_wait``
+                                                  (inside select/epoll)
+``looptrace.eventloop.utilization``    1          gauge: busy / (busy + io_wait) since the
+                                                  previous collection
+``looptrace.eventloop.iterations``     {iteration} counter: select calls
+``looptrace.eventloop.blocks``         {block}    counter by ``looptrace.kind`` and
+                                                  ``looptrace.call``
+=====================================  =========  ==========================================
+
+Loop instruments carry ``looptrace.loop.id`` and ``thread.name``.
+
+The counters and the gauge are observable: their callbacks read the recorder's figures on
+the metric reader's thread. The lag histogram has no observable form in the API, so a
+pump thread replays, once a second, what each loop's own histogram (log-linear buckets,
+8 per power of two) gained since the last pass into the OpenTelemetry histogram. A record
+costs several microseconds in the SDK, so the replay is budgeted: every iteration of 1 ms
+or more is always recorded (there can be at most 1,000 of those per second), and the
+sub-millisecond ones are thinned proportionally when a loop runs more than
+``LAG_RECORDS_PER_S`` of them a second. ``looptrace.eventloop.iterations`` keeps the
+exact count.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from looptrace._histogram import bucket_width
+from looptrace.events import Block, LoopFigures
+
+logger = logging.getLogger("looptrace")
+
+LAG_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""From 100 µs (a step that does real work) to 10 s (a program frozen)."""
+
+LAG_RECORDS_PER_S = 1000
+_ALWAYS_RECORDED_NS = 1_000_000
+_PUMP_INTERVAL_S = 1.0
+
+
+class LoopSource(Protocol):
+    """What the metrics read: each loop's figures, copied out off the loop thread."""
+
+    def loop_figures(self) -> list[LoopFigures]: ...
+
+
+def _loop_attributes(figures: LoopFigures) -> dict[str, Any]:
+    return {"looptrace.loop.id": figures.loop_id, "thread.name": figures.thread_name}
+
+
+def thin(deltas: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """Scale ``(bucket_low_ns, count)`` pairs of sub-millisecond buckets down to about
+    ``budget`` records in total, proportionally; a bucket that had any keeps at least one."""
+    total = sum(count for _, count in deltas)
+    if total <= budget:
+        return deltas
+    return [(low, max(1, count * budget // total)) for low, count in deltas]
+
+
+class LoopMetrics:
+    """The instruments on one meter, and the pump that feeds the lag histogram."""
+
+    def __init__(self, meter: Meter, source: LoopSource) -> None:
+        self._source = source
+        self._seen_hist: dict[int, dict[int, int]] = {}
+        self._seen_util: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lag = meter.create_histogram(
+            "looptrace.eventloop.lag", unit="s",
+            description="How long the event loop ran between two select calls (per "
+                        "iteration): the longest that ready I/O waited unnoticed.",
+            explicit_bucket_boundaries_advisory=list(LAG_BUCKETS_S))
+        self.blocks = meter.create_counter(
+            "looptrace.eventloop.blocks", unit="{block}",
+            description="Steps of the event loop at or over looptrace's threshold.")
+        meter.create_observable_counter(
+            "looptrace.eventloop.time", callbacks=[self._observe_time], unit="s",
+            description="Time the event loop spent running steps (busy) or waiting in "
+                        "select/epoll (io_wait).")
+        meter.create_observable_gauge(
+            "looptrace.eventloop.utilization", callbacks=[self._observe_utilization],
+            unit="1", description="busy / (busy + io_wait) since the previous collection.")
+        meter.create_observable_counter(
+            "looptrace.eventloop.iterations", callbacks=[self._observe_iterations],
+            unit="{iteration}", description="Event-loop iterations (select calls).")
+        self._thread = threading.Thread(target=self._pump_forever, name="looptrace-metrics",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- per block (on the dispatch thread)
+
+    def on_block(self, block: Block) -> None:
+        attributes: dict[str, str] = {"looptrace.kind": block.kind}
+        if block.call is not None:
+            attributes["looptrace.call"] = block.call
+        self.blocks.add(1, attributes)
+
+    # -- observable instruments (on the metric reader's thread)
+
+    def _figures(self) -> list[LoopFigures]:
+        try:
+            return self._source.loop_figures()
+        except Exception as exc:  # never let a collection fail because of us
+            logger.debug("looptrace: reading loop figures failed: %s", exc)
+            return []
+
+    def _observe_time(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self._figures():
+            if figures.busy_ns is None or figures.io_wait_ns is None:
+                continue
+            attributes = _loop_attributes(figures)
+            yield Observation(figures.busy_ns / 1e9,
+                              {**attributes, "looptrace.eventloop.state": "busy"})
+            yield Observation(figures.io_wait_ns / 1e9,
+                              {**attributes, "looptrace.eventloop.state": "io_wait"})
+
+    def _observe_utilization(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self._figures():
+            busy, idle = figures.busy_ns, figures.io_wait_ns
+            if busy is None or idle is None:
+                continue
+            with self._lock:
+                last_busy, last_idle = self._seen_util.get(figures.loop_id, (0, 0))
+                self._seen_util[figures.loop_id] = (busy, idle)
+            delta_busy, delta_idle = busy - last_busy, idle - last_idle
+            if delta_busy + delta_idle > 0:
+                yield Observation(delta_busy / (delta_busy + delta_idle),
+                                  _loop_attributes(figures))
+
+    def _observe_iterations(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self._figures():
+            if figures.select_calls is not None:
+                yield Observation(figures.select_calls, _loop_attributes(figures))
+
+    # -- the lag pump (its own thread)
+
+    def _pump_forever(self) -> None:
+        while not self._stop.wait(_PUMP_INTERVAL_S):
+            self.pump()
+
+    def pump(self, interval_s: float = _PUMP_INTERVAL_S) -> int:
+        """Replay what each loop's lag histogram gained since the last pass; return how
+        many records that made. Safe to call from any thread but a loop's."""
+        made = 0
+        try:
+            for figures in self._figures():
+                made += self._pump_loop(figures, interval_s)
+        except Exception as exc:  # metrics must never break the pump
+            logger.debug("looptrace: lag metrics failed: %s: %s", type(exc).__name__, exc)
+        return made
+
+    def _pump_loop(self, figures: LoopFigures, interval_s: float) -> int:
+        with self._lock:
+            seen = self._seen_hist.setdefault(figures.loop_id, {})
+            deltas = []
+            for low, count in figures.lag_histogram:
+                gained = count - seen.get(low, 0)
+                if gained > 0:
+                    deltas.append((low, gained))
+                seen[low] = count
+        if not deltas:
+            return 0
+        long = [(low, n) for low, n in deltas if low >= _ALWAYS_RECORDED_NS]
+        short = thin([(low, n) for low, n in deltas if low < _ALWAYS_RECORDED_NS],
+                     max(1, int(LAG_RECORDS_PER_S * interval_s)))
+        attributes = _loop_attributes(figures)
+        record = self.lag.record
+        made = 0
+        for low, count in long + short:
+            value_s = min(low + bucket_width(low) // 2, max(figures.lag_max_ns, low)) / 1e9
+            for _ in range(count):
+                record(value_s, attributes)
+            made += count
+        return made
+
+    def close(self) -> None:
+        """Stop the pump after one last pass."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+        self.pump()

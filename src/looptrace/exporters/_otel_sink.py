@@ -1,0 +1,247 @@
+"""The live OpenTelemetry sink: blocks to spans, loop figures to metrics, bounded close.
+
+Threads: :meth:`OtelSink.on_block` runs on ``looptrace-dispatch``; metrics are read on the
+metric reader's thread and by ``looptrace-metrics``; spans leave on ``looptrace-otlp-spans``
+(looptrace's own pipeline) or the application's span processors; :meth:`OtelSink.close`
+does its work on ``looptrace-otel-close``. None of it ever runs on a loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
+
+from looptrace._clock import epoch_offset_ns
+from looptrace._config import Options
+from looptrace._version import __version__
+from looptrace.events import Block, LoopFigures
+
+from ._otel_metrics import LoopMetrics
+from ._spans import (
+    BLOCK_SPAN,
+    SCHEMA_URL,
+    SCOPE_NAME,
+    SpanRecord,
+    attributes_of_block,
+    loop_and_task_records,
+)
+
+logger = logging.getLogger("looptrace")
+
+_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                     "opentelemetry.exporter.otlp.proto.http.metric_exporter")
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_METRICS_EXIT_S = 0.25
+
+
+class _QuietRepeats(logging.Filter):
+    """On looptrace's own threads, let the OTLP exporter say each kind of trouble once
+    (a collector that is down would otherwise log every retry of every batch); the spans
+    it could not send are counted in the report's ``dropped.spans``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, int]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.threadName or "").startswith("looptrace-"):
+            return True
+        key = (record.name, record.levelno)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+_QUIET = _QuietRepeats()
+"""Installed once on the OTLP exporters' loggers; it only touches looptrace's threads."""
+
+
+class _RecorderLoops:
+    def __init__(self, recorder: Any) -> None:
+        self._recorder = recorder
+
+    def loop_figures(self) -> list[LoopFigures]:
+        if self._recorder is None:
+            return []
+        return [record.figures(False, None) for record in self._recorder.loop_records()]
+
+
+def _on_loop_thread() -> bool:
+    return asyncio.events._get_running_loop() is not None
+
+
+def _is_real_meter_provider(provider: Any) -> bool:
+    name = type(provider).__name__
+    return name not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+class OtelSink:
+    """One installation's OpenTelemetry export. See :mod:`looptrace.exporters.otel`."""
+
+    def __init__(self, options: Options, recorder: Any, snapshot: Callable[[], Any] | None,
+                 tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self._recorder = recorder
+        self._snapshot = snapshot
+        self._offset_ns = recorder.epoch_offset_ns if recorder is not None else epoch_offset_ns()
+        self._span_kinds = tuple(k for k in options.otel_spans.split(",") if k)
+        self._explicit_tracer_provider = tracer_provider
+        self._tracers: dict[Any, trace.Tracer] = {}
+        self._own_tracer_provider: Any = None
+        self._own_processor: Any = None
+        self._own_meter_provider: Any = None
+        self._closed = False
+        if options.otlp:
+            self._build_own_pipeline(options.otlp if isinstance(options.otlp, str) else None,
+                                     build_meter=meter_provider is None
+                                     and not _is_real_meter_provider(metrics.get_meter_provider()))
+        self._metrics = self._start_metrics(meter_provider)
+
+    # -- providers
+
+    def _build_own_pipeline(self, endpoint: str | None, *, build_meter: bool) -> None:
+        # The SDK and the OTLP exporter load only when looptrace's own pipeline is needed.
+        from ._otel_pipeline import (
+            build_meter_provider,
+            build_tracer_provider,
+        )
+
+        self._own_tracer_provider, self._own_processor = build_tracer_provider(
+            endpoint, self._count_dropped_spans)
+        if build_meter:
+            self._own_meter_provider = build_meter_provider(endpoint)
+        for name in _EXPORTER_LOGGERS:
+            exporter_logger = logging.getLogger(name)
+            if _QUIET not in exporter_logger.filters:
+                exporter_logger.addFilter(_QUIET)
+
+    def _count_dropped_spans(self, count: int) -> None:
+        if self._recorder is not None:
+            self._recorder.drop("spans", count)
+
+    def _start_metrics(self, explicit: Any) -> LoopMetrics | None:
+        """Instruments on the explicit, else the application's, else looptrace's own
+        MeterProvider. With none of them (the application set no MeterProvider and OTLP
+        export was not asked), no metrics: nothing would read them."""
+        provider = explicit
+        if provider is None:
+            provider = metrics.get_meter_provider()
+            if not _is_real_meter_provider(provider):
+                provider = self._own_meter_provider
+        if provider is None or not _is_real_meter_provider(provider):
+            return None
+        meter = provider.get_meter(SCOPE_NAME, __version__, schema_url=SCHEMA_URL)
+        return LoopMetrics(meter, _RecorderLoops(self._recorder))
+
+    def _tracer(self) -> trace.Tracer | None:
+        provider = self._explicit_tracer_provider
+        if provider is None:
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, ProxyTracerProvider):
+                provider = self._own_tracer_provider
+                if provider is None:
+                    return None  # nobody exports spans (yet): make none
+        if isinstance(provider, NoOpTracerProvider):
+            return None
+        tracer = self._tracers.get(provider)
+        if tracer is None:
+            tracer = self._tracers[provider] = provider.get_tracer(
+                SCOPE_NAME, __version__, schema_url=SCHEMA_URL)
+        return tracer
+
+    # -- spans
+
+    def on_block(self, block: Block) -> None:
+        """The block's span (on the dispatch thread), and its count in the metrics."""
+        tracer = self._tracer()
+        if tracer is not None:
+            start = block.start_ns + self._offset_ns
+            span = tracer.start_span(
+                BLOCK_SPAN, context=_parent(block.trace_id, block.span_id),
+                kind=SpanKind.INTERNAL, start_time=start,
+                attributes=attributes_of_block(block))
+            span.end(end_time=start + block.duration_ns)
+        if self._metrics is not None:
+            self._metrics.on_block(block)
+
+    def _emit(self, records: list[SpanRecord]) -> None:
+        tracer = self._tracer()
+        if tracer is None:
+            return
+        by_key: dict[str, Any] = {}
+        for record in records:
+            if record.parent_key is not None and record.parent_key in by_key:
+                context = trace.set_span_in_context(by_key[record.parent_key], Context())
+            elif record.parent is not None:
+                context = _parent(*record.parent)
+            else:
+                context = Context()
+            span = tracer.start_span(record.name, context=context, kind=SpanKind.INTERNAL,
+                                     start_time=record.start_unix_ns,
+                                     attributes=record.attributes)
+            span.end(end_time=record.end_unix_ns)
+            if record.key is not None:
+                by_key[record.key] = span
+
+    # -- close
+
+    def close(self, timeout_s: float) -> None:
+        """Finish within ``timeout_s``: last metrics, loop/task spans if asked, and a flush
+        of looptrace's own pipeline. The work runs on a thread of its own; on a loop thread
+        this returns at once (nothing may wait there), elsewhere it waits at most
+        ``timeout_s``. Spans that could not be sent by then are counted as dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        worker = threading.Thread(target=self._shutdown, args=(deadline,),
+                                  name="looptrace-otel-close", daemon=True)
+        worker.start()
+        if not _on_loop_thread():
+            worker.join(max(deadline - time.monotonic(), 0.0))
+
+    def _shutdown(self, deadline: float) -> None:
+        try:
+            if self._metrics is not None:
+                self._metrics.close()
+            if self._snapshot is not None and ("loops" in self._span_kinds
+                                               or "tasks" in self._span_kinds):
+                self._emit(loop_and_task_records(self._snapshot(), self._span_kinds))
+            if self._own_processor is not None:
+                # Most of the time left: what is not sent by then is counted as dropped.
+                left = max(deadline - time.monotonic() - _METRICS_EXIT_S, 0.05)
+                self._own_processor.shutdown(timeout_millis=left * 1000)
+            if self._own_tracer_provider is not None:
+                self._own_tracer_provider.shutdown()
+            if self._own_meter_provider is not None:
+                # The last metrics get what is left, at most a quarter second: a collector
+                # that is down would otherwise hold the exit for the whole deadline.
+                left = min(max(deadline - time.monotonic(), 0.05), _METRICS_EXIT_S)
+                self._own_meter_provider.shutdown(timeout_millis=left * 1000)
+        except Exception as exc:  # never raise at exit
+            logger.warning("looptrace: closing the OpenTelemetry export failed: %s: %s",
+                           type(exc).__name__, exc)
+
+
+def _parent(trace_id: int | None, span_id: int | None) -> Context:
+    """A context whose current span is the block's parent (the span that was current in
+    the code that blocked), or an empty one: the block starts its own trace."""
+    if not trace_id or not span_id:
+        return Context()
+    parent = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+    return trace.set_span_in_context(NonRecordingSpan(parent), Context())

@@ -1,0 +1,220 @@
+"""What a block looks like as a span, shared by the live OpenTelemetry export and the
+Jaeger JSON file, so both show the same name, the same attributes and the same parent.
+
+Nothing here imports OpenTelemetry: a span is described as plain values (:class:`SpanRecord`)
+that :mod:`.otel` turns into SDK spans and :mod:`.jaeger_json` into Jaeger's JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from looptrace.events import Block, CodeLocation
+from looptrace.session import BlockEvent, LoopSummary, Session, TaskSummary
+
+AttributeValue = str | bool | int | float
+Attributes = dict[str, AttributeValue]
+
+SCOPE_NAME = "looptrace"
+"""The instrumentation scope of every span and metric looptrace emits."""
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.33.0"
+"""The semantic-conventions version whose ``code.*`` names the spans use (stable since 1.33)."""
+
+BLOCK_SPAN = "looptrace.block"
+LOOP_SPAN = "looptrace.loop"
+TASK_SPAN = "looptrace.task"
+
+SPAN_KINDS = ("blocks", "loops", "tasks")
+"""What can be exported as spans; ``blocks`` always is, the others on request."""
+
+_MAX_STACK_FRAMES = 64
+_MAX_STACKTRACE_CHARS = 8192  # OTel's attribute length is unlimited by default: cap ours
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def format_stacktrace(stack: tuple[CodeLocation, ...]) -> str:
+    """``stack`` (outermost first) in Python's traceback form, as ``code.stacktrace`` asks,
+    with the innermost frames kept when it is too long."""
+    frames = stack[-_MAX_STACK_FRAMES:]
+    lines = ["Traceback (most recent call last):\n"]
+    if len(stack) > len(frames):
+        lines.append(f"  ... {len(stack) - len(frames)} outer frames not shown\n")
+    lines.extend(f'  File "{f.file}", line {f.line}, in {f.function}\n' for f in frames)
+    text = "".join(lines)
+    if len(text) > _MAX_STACKTRACE_CHARS:
+        text = "Traceback (most recent call last):\n  ...\n" + text[-_MAX_STACKTRACE_CHARS:]
+    return text
+
+
+def block_attributes(*, kind: str, call: str | None, site: CodeLocation | None,
+                     site_source: str, stack: tuple[CodeLocation, ...], task: str | None,
+                     coroutine: str | None, callback: str | None, samples: int,
+                     thread_id: int, thread_name: str, loop_id: int, duration_ms: float,
+                     duration_source: str) -> Attributes:
+    """The attributes of one block's span: OpenTelemetry's ``code.*`` and ``thread.*``
+    names where they exist, ``looptrace.*`` for the rest. Absent values are left out."""
+    attributes: Attributes = {}
+    if site is not None:
+        attributes["code.function.name"] = site.function
+        attributes["code.file.path"] = site.file
+        attributes["code.line.number"] = site.line
+    if stack:
+        attributes["code.stacktrace"] = format_stacktrace(stack)
+    attributes["thread.id"] = thread_id
+    attributes["thread.name"] = thread_name
+    attributes["looptrace.kind"] = kind
+    if call is not None:
+        attributes["looptrace.call"] = call
+    if task is not None:
+        attributes["looptrace.task"] = task
+    if coroutine is not None:
+        attributes["looptrace.coroutine"] = coroutine
+    if callback is not None:
+        attributes["looptrace.callback"] = callback
+    attributes["looptrace.duration_ms"] = duration_ms
+    attributes["looptrace.duration_source"] = duration_source
+    attributes["looptrace.site_source"] = site_source
+    attributes["looptrace.samples"] = samples
+    attributes["looptrace.loop.id"] = loop_id
+    return attributes
+
+
+def attributes_of_block(block: Block) -> Attributes:
+    """Attributes of a live block (as recorded, nanoseconds)."""
+    return block_attributes(
+        kind=block.kind, call=block.call, site=block.site, site_source=block.site_source,
+        stack=block.stack, task=block.task, coroutine=block.coroutine, callback=block.callback,
+        samples=block.samples, thread_id=block.thread_id, thread_name=block.thread_name,
+        loop_id=block.loop_id, duration_ms=_ms(block.duration_ns),
+        duration_source=block.duration_source)
+
+
+def attributes_of_event(event: BlockEvent) -> Attributes:
+    """Attributes of a block read from a report: the same as :func:`attributes_of_block`
+    gives for the block it was made from."""
+    return block_attributes(
+        kind=event.kind, call=event.call, site=event.site, site_source=event.site_source,
+        stack=event.stack, task=event.task, coroutine=event.coroutine, callback=event.callback,
+        samples=event.samples, thread_id=event.thread_id, thread_name=event.thread,
+        loop_id=event.loop, duration_ms=event.duration_ms,
+        duration_source=event.duration_source)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """A span to emit, as plain values.
+
+    ``parent`` is an existing span (``(trace_id, span_id)``, e.g. the request a block hit);
+    ``key``/``parent_key`` link records emitted together (a task span under its loop span).
+    """
+
+    name: str
+    start_unix_ns: int
+    end_unix_ns: int
+    attributes: Attributes
+    parent: tuple[int, int] | None = None
+    key: str | None = None
+    parent_key: str | None = None
+
+
+def block_record(event: BlockEvent) -> SpanRecord:
+    """The span of one block of a report."""
+    start = event.start_unix_ns
+    parent = None
+    if event.trace_id is not None and event.span_id is not None:
+        parent = (int(event.trace_id, 16), int(event.span_id, 16))
+    return SpanRecord(BLOCK_SPAN, start, start + round(event.duration_ms * 1e6),
+                      attributes_of_event(event), parent)
+
+
+def _loop_attributes(loop: LoopSummary) -> Attributes:
+    attributes: Attributes = {
+        "looptrace.loop.id": loop.id, "looptrace.loop.kind": loop.kind,
+        "thread.id": loop.thread_id, "thread.name": loop.thread,
+        "looptrace.loop.coverage": ",".join(loop.coverage),
+        "looptrace.blocks": loop.blocks, "looptrace.block_ms": loop.block_ms,
+    }
+    optional: dict[str, float | int | None] = {
+        "looptrace.iterations": loop.iterations, "looptrace.steps": loop.steps,
+        "looptrace.busy_ms": loop.busy_ms, "looptrace.io_wait_ms": loop.io_wait_ms,
+        "looptrace.utilization": loop.utilization, "looptrace.lag.p50_ms": loop.lag_ms.p50,
+        "looptrace.lag.p99_ms": loop.lag_ms.p99, "looptrace.lag.max_ms": loop.lag_ms.max,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes
+
+
+def _task_attributes(task: TaskSummary) -> Attributes:
+    attributes: Attributes = {"looptrace.task": task.name, "looptrace.task.kind": task.kind,
+                              "looptrace.blocks": task.blocks,
+                              "looptrace.block_ms": task.block_ms,
+                              "looptrace.max_block_ms": task.max_block_ms}
+    if task.coroutine is not None:
+        attributes["looptrace.coroutine"] = task.coroutine
+    if task.steps is not None:
+        attributes["looptrace.steps"] = task.steps
+    if task.busy_ms is not None:
+        attributes["looptrace.busy_ms"] = task.busy_ms
+    return attributes
+
+
+def loop_and_task_records(session: Session, kinds: Iterable[str]) -> list[SpanRecord]:
+    """Deep-tracing spans of a finished session: one per loop (its figures) and, when asked,
+    one per row of the task table under its loop's span.
+
+    A loop span covers the session. A task span covers the task's first to last recorded
+    step when the session kept a timeline (``mode="full"``), else its loop's span.
+    """
+    wanted = set(kinds)
+    if not wanted & {"loops", "tasks"} or not session.loops:
+        return []
+    start = session.started_unix_ns
+    end = start + round(session.wall_ms * 1e6)
+    records = [SpanRecord(LOOP_SPAN, start, end, _loop_attributes(loop), key=f"loop-{loop.id}")
+               for loop in session.loops]
+    if "tasks" not in wanted:
+        return records
+    # Where each task row ran: the loop and the extent of its steps in the timeline.
+    extent: dict[tuple[str, str | None], tuple[int, float, float]] = {}
+    if session.timeline is not None:
+        owners = session.timeline.owners
+        for loop_timeline in session.timeline.loops:
+            for step_start, step_ms, owner in loop_timeline.steps:
+                if not 0 <= owner < len(owners):
+                    continue
+                key = (owners[owner].name, owners[owner].coroutine)
+                first = extent.get(key)
+                low, high = step_start, step_start + step_ms
+                if first is not None:
+                    low, high = min(low, first[1]), max(high, first[2])
+                extent[key] = (loop_timeline.loop, low, high)
+    default_loop = session.loops[0].id
+    for index, task in enumerate(session.tasks):
+        found = extent.get((task.name, task.coroutine))
+        loop_id, task_start, task_end = default_loop, start, end
+        if found is not None:
+            loop_id = found[0]
+            task_start = start + round(found[1] * 1e6)
+            task_end = start + round(found[2] * 1e6)
+        records.append(SpanRecord(TASK_SPAN, task_start, max(task_end, task_start),
+                                  _task_attributes(task), key=f"task-{index}",
+                                  parent_key=f"loop-{loop_id}"))
+    return records
+
+
+def service_name() -> str:
+    """The service name OpenTelemetry's SDK would give this process: ``OTEL_SERVICE_NAME``,
+    else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, else ``unknown_service:python``."""
+    name = os.environ.get("OTEL_SERVICE_NAME", "").strip()
+    if name:
+        return name
+    for item in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "service.name" and value.strip():
+            return value.strip()
+    return "unknown_service:python"
