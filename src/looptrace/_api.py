@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import logging
 import os
 import sys
@@ -47,7 +48,7 @@ class _Installation:
     def start(self) -> None:
         try:
             self.tracer.start()
-            self.sinks = _live_sinks(self.options)
+            self.sinks = _live_sinks(self.options, self.recorder, self.snapshot)
             if self.sinks:
                 dispatcher = Dispatcher(self.recorder.fault)
                 for name, listener, _ in self.sinks:
@@ -79,7 +80,10 @@ class _Installation:
             except Exception as exc:
                 logger.warning("looptrace: closing %s failed: %s: %s", name,
                                type(exc).__name__, exc)
-        return session
+        if not self.sinks:
+            return session
+        # What the sinks could not deliver while closing (spans) joins ``dropped``.
+        return dataclasses.replace(session, dropped=self.snapshot().dropped)
 
     def abandon(self) -> None:
         """In a forked child: switch every hook off without taking any lock (a lock held by
@@ -87,7 +91,8 @@ class _Installation:
         self.tracer.abandon()
 
 
-def _live_sinks(options: Options) -> list[LiveSink]:
+def _live_sinks(options: Options, recorder: Recorder,
+                snapshot: Callable[[], Session]) -> list[LiveSink]:
     """Exporters that receive each block as it is found (OpenTelemetry spans, logs).
 
     Each integration is imported only when it may be needed, so ``import looptrace`` and a
@@ -97,7 +102,7 @@ def _live_sinks(options: Options) -> list[LiveSink]:
     if options.otlp or "opentelemetry.trace" in sys.modules:
         from .exporters import otel
 
-        sink = otel.live_sink(options)
+        sink = otel.live_sink(options, recorder, snapshot)
         if sink is not None:
             sinks.append(sink)
     if options.log is not None:

@@ -35,6 +35,7 @@ class Options:
     accelerator: bool = True
     otlp: bool | str = False
     log: LogTarget | None = None
+    otel_spans: str = "blocks"
 
     @property
     def threshold_ns(self) -> int:
@@ -118,6 +119,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "(default off; an application's own TracerProvider is always used when set)."),
     EnvVar("LOOPTRACE_LOG", "log", _parse_log,
            "Also log every block: `stdlib` (the `looptrace` logger) or `structlog`."),
+    EnvVar("LOOPTRACE_OTEL_SPANS", "otel_spans", str.strip,
+           "OpenTelemetry spans to emit: `blocks` (default), or `blocks,loops` (plus a span "
+           "per loop with its figures) or `blocks,loops,tasks` (plus a span per task, with "
+           "its steps' busy time in full mode), sent when looptrace stops."),
 )
 
 _OPTION_NAMES = tuple(f.name for f in fields(Options))
@@ -159,6 +164,10 @@ def validate(options: Options) -> Options:
             raise ValueError(
                 f"looptrace: otlp must be True, False or an http(s):// endpoint, got {otlp!r}"
             )
+    spans = options.otel_spans.split(",") if isinstance(options.otel_spans, str) else None
+    if spans is None or "blocks" not in spans or not set(spans) <= {"blocks", "loops", "tasks"}:
+        raise ValueError("looptrace: otel_spans must list 'blocks' and optionally 'loops' "
+                         f"and 'tasks', comma-separated, got {options.otel_spans!r}")
     if options.log not in (None, "stdlib", "structlog"):
         raise ValueError(
             f"looptrace: log must be None, 'stdlib' or 'structlog', got {options.log!r}"
