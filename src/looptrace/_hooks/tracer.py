@@ -203,6 +203,12 @@ class Tracer:
     def _on_running_loop(self, previous: Any, loop: Any) -> None:
         try:
             if loop is not None:
+                if self.probes is not None and self.active:
+                    # Modules the program imported since install (all of them, under
+                    # `looptrace run`) get their probes before the loop runs anything, not
+                    # at the next housekeeping: else the same blocking line is a slow-step
+                    # for up to a second, then a blocking-call (two hotspots for one line).
+                    self.probes.patch_available()
                 record = self.attach(loop)
                 if record is not None:
                     slot = self.step_hook.current_slot() if "steps" in record.coverage else None
