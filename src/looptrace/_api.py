@@ -64,7 +64,7 @@ class _Installation:
         extra = {"published_blocks": dispatcher.dropped} if dispatcher is not None else {}
         recording = self.recorder.recording(
             accelerated=self.tracer.accelerated,
-            probes=self.tracer.probes.active if self.tracer.probes is not None else 0,
+            probes=self.tracer.probes.installed if self.tracer.probes is not None else 0,
             owners=self.tracer.owners, step_ring=self.tracer.step_ring(), extra_dropped=extra)
         return analysis.session_from(recording, __version__)
 
