@@ -35,6 +35,8 @@ from .events import (
 logger = logging.getLogger("looptrace")
 
 _MAX_RUN_PERIODS = 1024
+_MAX_LOOPS = 1000
+"""Loop records kept; beyond that the oldest closed loop makes room (counted as dropped)."""
 _KEPT_DURATIONS = 1024
 """Per site, durations kept exactly; beyond that, a uniform reservoir of this size."""
 
@@ -205,6 +207,7 @@ class Recorder:
         self._lock = threading.RLock()
         self._rng = random.Random()  # our own: never touch the program's random state
         self._loops: list[LoopRecord] = []
+        self._last_loop_id = 0
         self._by_loop: weakref.WeakKeyDictionary[Any, LoopRecord] = weakref.WeakKeyDictionary()
         self._blocks: deque[Block] = deque(maxlen=options.max_blocks)
         self._sites: dict[tuple[str, str | None, str | None, int | None], SiteStats] = {}
@@ -221,10 +224,20 @@ class Recorder:
         with self._lock:
             record = self._by_loop.get(loop)
             if record is None:
-                record = LoopRecord(len(self._loops) + 1, loop, kind, coverage, missing)
+                if len(self._loops) >= _MAX_LOOPS:
+                    self._evict_a_closed_loop()
+                self._last_loop_id += 1
+                record = LoopRecord(self._last_loop_id, loop, kind, coverage, missing)
                 self._loops.append(record)
                 self._by_loop[loop] = record
             return record
+
+    def _evict_a_closed_loop(self) -> None:
+        for index, record in enumerate(self._loops):
+            if record.closed or record.loop_ref() is None:
+                del self._loops[index]
+                self._dropped["loops"] += 1
+                return
 
     def loop_record(self, loop: Any) -> LoopRecord | None:
         try:
@@ -279,15 +292,16 @@ class Recorder:
         """Register what to do when ``hook`` fails: switch it off."""
         self._disablers[hook] = disable
 
-    def fault(self, hook: str, exc: BaseException) -> None:
-        """An error inside a hook: count it, disable that hook, log once. Never raises."""
+    def fault(self, hook: str, exc: BaseException, count: int = 1) -> None:
+        """An error inside a hook (``count`` of them, when a hook counted errors it caught
+        itself): count it, disable that hook, log once. Never raises."""
         try:
             with self._lock:
                 entry = self._faults.get(hook)
                 first = entry is None
                 if entry is None:
                     entry = self._faults[hook] = [0, f"{type(exc).__name__}: {exc}"]
-                entry[0] += 1
+                entry[0] += count
             if first:
                 disable = self._disablers.get(hook)
                 if disable is not None:
