@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CPU-bound work in a coroutine")
     parser.add_argument("--quick", action="store_true", help="smaller matrices (for the tests)")
     args = parser.parse_args(argv)
-    size, count = (70, 4) if args.quick else (110, 4)
+    size, count = (110, 3) if args.quick else (140, 4)
     print(f"{count} jobs, each the product of two {size}x{size} matrices in pure Python; "
           f"a ticker task wants to run every {TICK_S * 1000:.0f} ms; "
           f"{os.cpu_count()} CPU cores.\n")

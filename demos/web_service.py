@@ -71,7 +71,7 @@ class _SlowBackend(http.server.BaseHTTPRequestHandler):
 
 
 def fetch_report(backend: str) -> bytes:
-    with urllib.request.urlopen(f"{backend}/report") as response:
+    with urllib.request.urlopen(f"{backend}/report") as response:  # SYNC CALL
         data: bytes = response.read()
     return data
 
@@ -184,12 +184,12 @@ def tracing_requests(endpoint: str) -> Iterator[None]:
     """A TracerProvider exporting over OTLP/HTTP, and a server span for every request."""
     # Imported here: OpenTelemetry is optional, and only --otlp needs it.
     try:
-        from opentelemetry import trace  # noqa: PLC0415
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
-        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor  # noqa: PLC0415
-        from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         sys.exit(f"--otlp needs OpenTelemetry ({exc.name} is missing): "
                  "pip install 'looptrace[otel]' opentelemetry-instrumentation-aiohttp-server")

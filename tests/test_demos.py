@@ -1,0 +1,228 @@
+"""Every demo, at a reduced size, tells the story its docs page tells.
+
+The demos run in this process (their ``run()`` functions return what they measured and
+what looptrace saw for each variant), on real loopback servers. One more test runs a demo
+under ``looptrace run``, as the README does. Timed assertions leave a wide margin: the
+machine is shared.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMOS = ROOT / "demos"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demos_importable() -> Iterator[None]:
+    """The demos import their shared module as ``_servers``, from their own directory."""
+    sys.path.insert(0, str(DEMOS))
+    yield
+    sys.path.remove(str(DEMOS))
+
+
+@pytest.fixture(autouse=True)
+def small_heap() -> Iterator[None]:
+    """Run each demo as if in its own small process: pytest's many objects are frozen out
+    of the garbage collector, so a full collection (tens of milliseconds over pytest's heap)
+    does not land in a demo's step and show up as a block the demo itself would not have."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+def demo(name: str) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def line_of(module: ModuleType, marker: str) -> int:
+    """The line of ``module``'s source that carries the comment ``# <marker>``."""
+    lines = Path(module.__file__ or "").read_text().splitlines()
+    found = [number for number, text in enumerate(lines, 1) if f"# {marker}" in text]
+    assert len(found) == 1, f"marker {marker!r} found {len(found)} times"
+    return found[0]
+
+
+def assert_blocks_at(record: object, module: ModuleType, function: str, marker: str,
+                     call: str | None, minimum: int) -> None:
+    """Every block of the variant is at ``marker``'s line, in ``function``, named ``call``."""
+    blocks = record.blocks  # type: ignore[attr-defined]
+    where = {(b.site.file if b.site else None, b.site.line if b.site else None,
+              b.site.function if b.site else None, b.call) for b in blocks}
+    assert where == {(module.__file__, line_of(module, marker), function, call)}, where
+    assert len(blocks) >= minimum, [b.duration_ms for b in blocks]
+
+
+def test_async_blocking_read_is_the_hotspot_and_the_fixes_are_faster() -> None:
+    """The blocking read() is a blocking-call at its line for every site; neither fix
+    blocks the loop, and the fully async one is at least 2x faster."""
+    async_blocking = demo("async_blocking")
+    sites = async_blocking.make_sites(quick=True)
+    blocking, in_executor, fully_async = async_blocking.run(sites)
+
+    assert_blocks_at(blocking, async_blocking, "download_blocking", "BLOCKS",
+                     "http.client.HTTPResponse.read", minimum=len(sites) - 1)
+    assert all(b.kind == "blocking-call" for b in blocking.blocks)
+    assert in_executor.blocks == []
+    assert fully_async.blocks == []
+    assert blocking.wall_s >= 2 * fully_async.wall_s, (blocking.wall_s, fully_async.wall_s)
+    assert blocking.wall_s >= 1.5 * in_executor.wall_s, (blocking.wall_s, in_executor.wall_s)
+    # The blocked loop never slept; the fixed ones mostly did.
+    assert blocking.loop is not None and blocking.loop.utilization is not None
+    assert blocking.loop.utilization > 0.8
+    assert fully_async.loop is not None and fully_async.loop.utilization is not None
+    assert fully_async.loop.utilization < 0.5
+
+
+def test_busy_wait_burns_cpu_and_select_does_not() -> None:
+    """For the same wall time, busy-waiting burns far more CPU time and polls than
+    select; looptrace finds both blocking the loop at their lines, and asyncio not at all."""
+    busy_wait_vs_select = demo("busy_wait_vs_select")
+    count = 4
+    (busy, busy_cost), (selecting, select_cost), (loop_way, loop_cost) = (
+        busy_wait_vs_select.run(count, 0.1))
+
+    for cost in (busy_cost, select_cost, loop_cost):
+        assert 0.3 <= cost.wall_s < 2.0, cost
+    assert math.isclose(busy_cost.wall_s, select_cost.wall_s, rel_tol=0.3)
+    assert busy_cost.cpu_s >= 0.1 * busy_cost.wall_s, busy_cost  # even on a busy machine
+    assert busy_cost.cpu_s >= 10 * max(select_cost.cpu_s, 0.002), (busy_cost, select_cost)
+    assert busy_cost.polls >= 100 * select_cost.polls
+    assert select_cost.polls == count
+
+    assert_blocks_at(busy, busy_wait_vs_select, "receive_busy_waiting", "BUSY", None, 1)
+    assert busy.blocks[0].kind == "slow-step"
+    assert_blocks_at(selecting, busy_wait_vs_select, "receive_with_select", "SELECT",
+                     "select.select", 1)
+    assert loop_way.blocks == []
+    # Only the loop that waited in epoll let the ticker run.
+    assert busy_cost.ticks <= 1 and select_cost.ticks <= 1
+    assert loop_cost.ticks >= 10
+
+
+def test_select_scans_epoll_does_not_and_the_loop_sleeps_in_epoll() -> None:
+    """select's cost grows with the number of sockets, epoll's does not; select refuses a
+    descriptor past FD_SETSIZE; the asyncio loop sleeps through the wait, woken once per
+    message, as the hand-written epoll loop is."""
+    epoll_and_the_loop = demo("epoll_and_the_loop")
+    count = 8
+    results = epoll_and_the_loop.run([10, 1000], 300, 500, count, 0.02)
+
+    small, large = results.costs
+    assert large.select_us >= 5 * small.select_us, results.costs
+    assert large.epoll_us <= 3 * small.epoll_us + 2, results.costs
+    if "skipped" not in results.beyond:
+        assert "ValueError: filedescriptor out of range in select()" in results.beyond
+        assert "epoll.register accepted it" in results.beyond
+
+    assert results.by_hand.wakeups == count and results.by_hand.events == count
+    assert results.by_hand.slept_s >= 0.8 * results.by_hand.wall_s
+
+    record = results.asyncio_record
+    assert record.blocks == []
+    loop = record.loop
+    assert loop is not None and loop.kind == "selector:EpollSelector"
+    assert loop.io_wait_ms is not None and loop.events is not None
+    assert loop.events >= count
+    assert loop.io_wait_ms >= 0.7 * results.asyncio_wall_s * 1000
+
+
+def test_cpu_bound_work_blocks_at_the_hot_line_and_a_process_pool_frees_the_loop() -> None:
+    """Matrix products in coroutines are slow-steps at the hot line of ``multiply`` and
+    starve a ticker; in a process pool they do not block the loop and the ticker runs."""
+    cpu_bound = demo("cpu_bound")
+    count = 3
+    (inline, inline_ticks), (pooled, pooled_ticks) = cpu_bound.run(110, count)
+
+    assert_blocks_at(inline, cpu_bound, "multiply", "HOT", None, count)
+    assert all(b.kind == "slow-step" for b in inline.blocks)
+    assert inline_ticks.count <= 1
+    assert inline_ticks.longest_gap_s >= 0.9 * sum(b.duration_ms for b in inline.blocks) / 1000
+    assert pooled.blocks == []
+    assert pooled_ticks.count >= 3
+    assert pooled_ticks.longest_gap_s < inline_ticks.longest_gap_s / 2
+
+
+def test_gather_waits_without_busy_waiting() -> None:
+    """Tasks finish in the order of their sleeps and gather returns results in creation
+    order; gather and its hand-written twin leave the loop asleep, polling spins it."""
+    await_and_gather = demo("await_and_gather")
+    count = 6
+    (gathered, gather_wait), (by_hand, hand_wait), (polled, poll_wait) = (
+        await_and_gather.run(count, 0.2))
+
+    for waited in (gather_wait, hand_wait, poll_wait):
+        assert waited.results == list(range(1, count + 1))
+        assert waited.finished == gather_wait.finished
+    assert gather_wait.finished != sorted(gather_wait.finished)  # not the creation order
+
+    for record in (gathered, by_hand, polled):
+        assert record.blocks == []  # no single step was long: none of them blocks
+    for record in (gathered, by_hand):
+        assert record.loop is not None and record.loop.utilization is not None
+        assert record.loop.utilization < 0.1
+        assert record.loop.iterations is not None and record.loop.iterations < 100
+    assert polled.loop is not None and polled.loop.utilization is not None
+    assert polled.loop.utilization > 0.5
+    assert polled.loop.iterations is not None and by_hand.loop is not None
+    assert polled.loop.iterations >= 50 * (by_hand.loop.iterations or 1)
+    assert poll_wait.cpu_s >= 10 * max(gather_wait.cpu_s, hand_wait.cpu_s, 0.002)
+
+
+def test_web_service_blocking_handler_slows_every_endpoint() -> None:
+    """The synchronous call in /report blocks the loop at its line (inside the handler)
+    and every endpoint's p99 rises; the to_thread fix has no block and low latencies."""
+    web_service = demo("web_service")
+    blocking, fixed = web_service.run(1.0, 6)
+
+    fetch_line = line_of(web_service, "SYNC CALL")
+    handler_line = line_of(web_service, "BLOCKS")
+    blocks = blocking.record.blocks
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert block.kind == "blocking-call"
+        assert block.call == "urllib.request.urlopen"
+        assert block.site is not None
+        assert (block.site.file, block.site.line, block.site.function) == (
+            web_service.__file__, fetch_line, "fetch_report")
+        assert any(frame.line == handler_line for frame in block.stack), block.stack
+        assert 130 <= block.duration_ms < 1000
+    assert fixed.record.blocks == []
+
+    slow, quick = blocking.latencies, fixed.latencies
+    assert slow.percentile("/hello", 0.99) >= 0.1
+    assert slow.median("/orders") >= 0.1  # most /orders requests waited for a block
+    assert quick.percentile("/hello", 0.99) < 0.1
+    assert quick.median("/orders") < 0.1
+    assert len(quick.by_path["/hello"]) > 2 * len(slow.by_path["/hello"])
+
+
+def test_looptrace_run_tells_the_async_blocking_story() -> None:
+    """Under ``looptrace run`` the demo's own verdicts still name the read() line for the
+    first variant only, and the summary has that one hotspot."""
+    async_blocking = demo("async_blocking")
+    read_line = line_of(async_blocking, "BLOCKS")
+    completed = subprocess.run(
+        [sys.executable, "-m", "looptrace", "run", "demos/async_blocking.py", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0, completed.stderr
+    out, summary = completed.stdout, completed.stderr
+    assert re.search(rf"looptrace: [45] blocks http\.client\.HTTPResponse\.read at line "
+                     rf"{read_line} in download_blocking", out), out
+    assert out.count("looptrace: no block of the loop") == 2, out
+    assert "Hotspots (by total time)\n  1. blocking-call  http.client.HTTPResponse.read\n" \
+        f"     at demos/async_blocking.py:{read_line} in download_blocking\n" in summary
+    assert "\n  2. " not in summary, summary
