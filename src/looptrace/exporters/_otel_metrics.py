@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -72,15 +73,15 @@ def thin(deltas: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
     return [(low, max(1, count * budget // total)) for low, count in deltas]
 
 
-class LoopMetrics:
-    """The instruments on one meter, and the pump that feeds the lag histogram."""
+class _Instruments:
+    """The instruments on one MeterProvider. Made once per provider (the SDK keeps the first
+    instrument of a name and its callbacks), read from whichever installation is current."""
 
-    def __init__(self, meter: Meter, source: LoopSource) -> None:
-        self._source = source
-        self._seen_hist: dict[int, dict[int, int]] = {}
+    def __init__(self, meter: Meter) -> None:
+        self.source: LoopSource | None = None
+        self.retired: LoopSource | None = None  # reported once more after it closed
+        self.lock = threading.Lock()
         self._seen_util: dict[int, tuple[int, int]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self.lag = meter.create_histogram(
             "looptrace.eventloop.lag", unit="s",
             description="How long the event loop ran between two select calls (per "
@@ -99,6 +100,84 @@ class LoopMetrics:
         meter.create_observable_counter(
             "looptrace.eventloop.iterations", callbacks=[self._observe_iterations],
             unit="{iteration}", description="Event-loop iterations (select calls).")
+
+    def plug(self, source: LoopSource) -> None:
+        with self.lock:
+            self.source, self.retired = source, None
+            self._seen_util.clear()
+
+    def unplug(self, source: LoopSource) -> None:
+        """After an installation closed, its final figures are reported once more (the
+        application's last collection at exit), then no longer."""
+        with self.lock:
+            if self.source is source:
+                self.source, self.retired = None, source
+
+    def figures(self) -> list[LoopFigures]:
+        with self.lock:
+            source = self.source or self.retired
+        if source is None:
+            return []
+        try:
+            return source.loop_figures()
+        except Exception as exc:  # never let a collection fail because of us
+            logger.debug("looptrace: reading loop figures failed: %s", exc)
+            return []
+
+    def _observe_time(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self.figures():
+            if figures.busy_ns is None or figures.io_wait_ns is None:
+                continue
+            attributes = _loop_attributes(figures)
+            yield Observation(figures.busy_ns / 1e9,
+                              {**attributes, "looptrace.eventloop.state": "busy"})
+            yield Observation(figures.io_wait_ns / 1e9,
+                              {**attributes, "looptrace.eventloop.state": "io_wait"})
+
+    def _observe_utilization(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self.figures():
+            busy, idle = figures.busy_ns, figures.io_wait_ns
+            if busy is None or idle is None:
+                continue
+            with self.lock:
+                last_busy, last_idle = self._seen_util.get(figures.loop_id, (0, 0))
+                self._seen_util[figures.loop_id] = (busy, idle)
+            delta_busy, delta_idle = busy - last_busy, idle - last_idle
+            if delta_busy + delta_idle > 0:
+                yield Observation(delta_busy / (delta_busy + delta_idle),
+                                  _loop_attributes(figures))
+
+    def _observe_iterations(self, _: CallbackOptions) -> Iterable[Observation]:
+        for figures in self.figures():
+            if figures.select_calls is not None:
+                yield Observation(figures.select_calls, _loop_attributes(figures))
+        with self.lock:
+            self.retired = None  # the last callback of a collection: the retired one is done
+
+
+_by_provider: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_by_provider_lock = threading.Lock()
+
+
+def instruments_for(provider: Any, meter: Callable[[], Meter]) -> _Instruments:
+    with _by_provider_lock:
+        found = _by_provider.get(provider)
+        if found is None:
+            found = _by_provider[provider] = _Instruments(meter())
+        return found
+
+
+class LoopMetrics:
+    """One installation's metrics: it plugs its loops into the provider's instruments, and
+    runs the pump that feeds the lag histogram."""
+
+    def __init__(self, instruments: _Instruments, source: LoopSource) -> None:
+        self._instruments = instruments
+        self._source = source
+        self._seen_hist: dict[int, dict[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        instruments.plug(source)
         self._thread = threading.Thread(target=self._pump_forever, name="looptrace-metrics",
                                         daemon=True)
         self._thread.start()
@@ -109,44 +188,7 @@ class LoopMetrics:
         attributes: dict[str, str] = {"looptrace.kind": block.kind}
         if block.call is not None:
             attributes["looptrace.call"] = block.call
-        self.blocks.add(1, attributes)
-
-    # -- observable instruments (on the metric reader's thread)
-
-    def _figures(self) -> list[LoopFigures]:
-        try:
-            return self._source.loop_figures()
-        except Exception as exc:  # never let a collection fail because of us
-            logger.debug("looptrace: reading loop figures failed: %s", exc)
-            return []
-
-    def _observe_time(self, _: CallbackOptions) -> Iterable[Observation]:
-        for figures in self._figures():
-            if figures.busy_ns is None or figures.io_wait_ns is None:
-                continue
-            attributes = _loop_attributes(figures)
-            yield Observation(figures.busy_ns / 1e9,
-                              {**attributes, "looptrace.eventloop.state": "busy"})
-            yield Observation(figures.io_wait_ns / 1e9,
-                              {**attributes, "looptrace.eventloop.state": "io_wait"})
-
-    def _observe_utilization(self, _: CallbackOptions) -> Iterable[Observation]:
-        for figures in self._figures():
-            busy, idle = figures.busy_ns, figures.io_wait_ns
-            if busy is None or idle is None:
-                continue
-            with self._lock:
-                last_busy, last_idle = self._seen_util.get(figures.loop_id, (0, 0))
-                self._seen_util[figures.loop_id] = (busy, idle)
-            delta_busy, delta_idle = busy - last_busy, idle - last_idle
-            if delta_busy + delta_idle > 0:
-                yield Observation(delta_busy / (delta_busy + delta_idle),
-                                  _loop_attributes(figures))
-
-    def _observe_iterations(self, _: CallbackOptions) -> Iterable[Observation]:
-        for figures in self._figures():
-            if figures.select_calls is not None:
-                yield Observation(figures.select_calls, _loop_attributes(figures))
+        self._instruments.blocks.add(1, attributes)
 
     # -- the lag pump (its own thread)
 
@@ -159,7 +201,7 @@ class LoopMetrics:
         many records that made. Safe to call from any thread but a loop's."""
         made = 0
         try:
-            for figures in self._figures():
+            for figures in self._source.loop_figures():
                 made += self._pump_loop(figures, interval_s)
         except Exception as exc:  # metrics must never break the pump
             logger.debug("looptrace: lag metrics failed: %s: %s", type(exc).__name__, exc)
@@ -180,7 +222,7 @@ class LoopMetrics:
         short = thin([(low, n) for low, n in deltas if low < _ALWAYS_RECORDED_NS],
                      max(1, int(LAG_RECORDS_PER_S * interval_s)))
         attributes = _loop_attributes(figures)
-        record = self.lag.record
+        record = self._instruments.lag.record
         made = 0
         for low, count in long + short:
             value_s = min(low + bucket_width(low) // 2, max(figures.lag_max_ns, low)) / 1e9
@@ -190,8 +232,9 @@ class LoopMetrics:
         return made
 
     def close(self) -> None:
-        """Stop the pump after one last pass."""
+        """Stop the pump after one last pass; the figures are reported once more."""
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(1.0)
         self.pump()
+        self._instruments.unplug(self._source)

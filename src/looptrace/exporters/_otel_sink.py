@@ -31,7 +31,7 @@ from looptrace._config import Options
 from looptrace._version import __version__
 from looptrace.events import Block, LoopFigures
 
-from ._otel_metrics import LoopMetrics
+from ._otel_metrics import LoopMetrics, instruments_for
 from ._spans import (
     BLOCK_SPAN,
     SCHEMA_URL,
@@ -145,8 +145,9 @@ class OtelSink:
                 provider = self._own_meter_provider
         if provider is None or not _is_real_meter_provider(provider):
             return None
-        meter = provider.get_meter(SCOPE_NAME, __version__, schema_url=SCHEMA_URL)
-        return LoopMetrics(meter, _RecorderLoops(self._recorder))
+        instruments = instruments_for(provider, lambda: provider.get_meter(
+            SCOPE_NAME, __version__, schema_url=SCHEMA_URL))
+        return LoopMetrics(instruments, _RecorderLoops(self._recorder))
 
     def _tracer(self) -> trace.Tracer | None:
         provider = self._explicit_tracer_provider
