@@ -75,7 +75,7 @@ def add_loop_context(logger: Any, method_name: str, event_dict: EventDict) -> Ev
             event_dict.setdefault("task", task.get_name())
         for key, value in _loop_figures(loop).items():
             event_dict.setdefault(key, value)
-    except Exception:  # noqa: BLE001 - a logging processor must never break the program's logging
+    except Exception:  # a logging processor must never break the program's logging
         pass
     return event_dict
 
@@ -96,6 +96,6 @@ def add_trace_ids(logger: Any, method_name: str, event_dict: EventDict) -> Event
             event_dict.setdefault("trace_id", f"{span_context.trace_id:032x}")
             event_dict.setdefault("span_id", f"{span_context.span_id:016x}")
             event_dict.setdefault("trace_flags", f"{int(span_context.trace_flags):02x}")
-    except Exception:  # noqa: BLE001 - a logging processor must never break the program's logging
+    except Exception:  # a logging processor must never break the program's logging
         pass
     return event_dict

@@ -32,6 +32,8 @@ _LOOP_TID_BASE = 1
 _TASK_TID_BASE = 1000
 _LOOP_SORT_BASE = 0
 _TASK_SORT_BASE = 1000
+ROUNDING_US = 2.0
+"""Overlaps up to this are rounding: times are kept to the microsecond, twice."""
 _BLOCK_MATCH = 0.5
 """A step is the block when it overlaps at least half of the block's duration."""
 
@@ -101,21 +103,32 @@ def _owner_label(owner: Owner) -> str:
 
 
 def nest(slices: Iterable[Slice]) -> list[Slice]:
-    """Order one track's slices and make them nest: a slice that starts inside another but
-    ends after it is trimmed to end with it (rounding overlaps of a microsecond or so)."""
+    """Order one track's slices and make them nest.
+
+    A slice that starts inside another but ends after it is either a rounding overlap
+    (at most :data:`ROUNDING_US`: the earlier slice is cut to end where the later one
+    starts) or a real one (the later slice is cut to end with the earlier)."""
     ordered = sorted(slices, key=lambda s: (s.ts, -s.dur))
-    open_ends: list[float] = []
+    open_slices: list[Slice] = []
     kept: list[Slice] = []
     for piece in ordered:
-        while open_ends and open_ends[-1] <= piece.ts:
-            open_ends.pop()
-        if open_ends and piece.ts + piece.dur > open_ends[-1]:
-            piece.dur = round(open_ends[-1] - piece.ts, 3)
-            if piece.dur <= 0:
-                continue
+        while open_slices and _end(open_slices[-1]) <= piece.ts:
+            open_slices.pop()
+        while open_slices and _end(piece) > _end(open_slices[-1]):
+            parent = open_slices[-1]
+            if _end(parent) - piece.ts <= ROUNDING_US:
+                parent.dur = round(piece.ts - parent.ts, 3)
+                open_slices.pop()
+            else:
+                piece.dur = round(_end(parent) - piece.ts, 3)
+                break
         kept.append(piece)
-        open_ends.append(piece.ts + piece.dur)
-    return kept
+        open_slices.append(piece)
+    return [piece for piece in kept if piece.dur > 0 or piece.cat == "block"]
+
+
+def _end(piece: Slice) -> float:
+    return piece.ts + piece.dur
 
 
 def _replace_block_steps(steps: list[Slice], blocks: list[Slice]) -> list[Slice]:

@@ -25,6 +25,8 @@ from html import escape
 from looptrace.events import CodeLocation
 from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
 
+from ._html_assets import SCRIPT as _SCRIPT
+from ._html_assets import STYLE as _STYLE
 from ._timeline_svg import render_svg
 from .text import short_path
 
@@ -33,111 +35,10 @@ CONTEXT_LINES = 3
 MAX_BLOCK_ROWS = 500
 """The blocks table shows the longest blocks up to this many (all are in the JSON)."""
 MAX_TIMELINES = 20
-"""Loops drawn as timelines (the busiest); every loop is in the loops table."""
+"""Loops drawn as timelines (those with the most blocked time)."""
+MAX_LOOP_ROWS = 200
+"""Rows of the loops table (a pytest run has a loop per test); all are in the JSON."""
 _MAX_SOURCE_BYTES = 5_000_000
-
-_STYLE = """
-:root { --busy: #e8710a; --idle: #7baaf7; --block: #d93025; --ink: #202124;
-  --muted: #5f6368; --rule: #dadce0; --bg: #ffffff; --band: #f8f9fa; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-  color: var(--ink); background: var(--bg); margin: 0 auto; padding: 16px 24px 48px;
-  max-width: 1280px; }
-h1 { font-size: 22px; margin: 8px 0 4px; }
-h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid var(--rule);
-  padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 16px 0 4px; }
-code, pre, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas,
-  monospace; font-size: 12.5px; }
-.sub { color: var(--muted); margin: 0 0 12px; overflow-wrap: anywhere; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.card { border: 1px solid var(--rule); border-radius: 8px; padding: 8px 14px;
-  min-width: 140px; background: var(--band); }
-.card b { display: block; font-size: 20px; }
-.card span { color: var(--muted); font-size: 12px; }
-table { border-collapse: collapse; width: 100%; margin: 8px 0; }
-th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--rule);
-  vertical-align: top; }
-th { background: var(--band); font-weight: 600; white-space: nowrap; }
-th.sortable { cursor: pointer; }
-th.sortable::after { content: " \\2195"; color: var(--muted); font-size: 11px; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums;
-  white-space: nowrap; }
-td.wrap { overflow-wrap: break-word; word-break: break-word; }
-.scroll { overflow-x: auto; }
-tr.detail td { background: var(--band); border-bottom: 2px solid var(--rule); }
-.kind-blocking-call { color: var(--block); font-weight: 600; }
-.kind-slow-step { color: var(--busy); font-weight: 600; }
-pre.source { margin: 6px 0; padding: 6px 0; background: #fff;
-  border: 1px solid var(--rule); border-radius: 6px; overflow-x: auto; }
-pre.source span.line { display: block; padding: 0 10px; white-space: pre; }
-pre.source span.hit { background: #fce8e6; font-weight: 600; }
-pre.source span.no { display: inline-block; min-width: 4em; color: var(--muted);
-  user-select: none; }
-details summary { cursor: pointer; color: var(--muted); }
-ol.stack { margin: 4px 0; padding-left: 24px; }
-.advice { margin: 4px 0; }
-.legend { display: flex; gap: 16px; color: var(--muted); font-size: 12px; margin: 4px 0; }
-.legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
-  vertical-align: -2px; border-radius: 2px; }
-.legend .busy { background: var(--busy); } .legend .idle { background: var(--idle); }
-.legend .block { background: var(--block); }
-svg.timeline { width: 100%; height: auto; display: block; margin: 4px 0 12px; }
-svg.timeline .lane { font-size: 11px; fill: var(--muted); }
-svg.timeline .note { font-size: 11px; fill: var(--muted); }
-svg.timeline .axis { font-size: 10px; fill: var(--muted); }
-svg.timeline .tick { stroke: var(--muted); stroke-width: 1; }
-svg.timeline .lane-bg { fill: var(--band); stroke: var(--rule); stroke-width: 0.5; }
-svg.timeline .busy { fill: var(--busy); }
-svg.timeline .idle { fill: var(--idle); }
-svg.timeline .block { fill: var(--block); }
-svg.timeline a:hover .block { fill: #a50e0e; }
-.ratio { display: flex; height: 10px; border-radius: 5px; overflow: hidden;
-  background: var(--rule); max-width: 420px; margin: 4px 0; }
-.ratio .busy { background: var(--busy); } .ratio .idle { background: var(--idle); }
-.none { color: var(--muted); font-style: italic; }
-tr:target td { background: #fef7e0; }
-footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-"""
-
-# Sorting only: every table is complete without it. Numbers sort by data-v when present.
-_SCRIPT = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  var heads = table.querySelectorAll("thead th");
-  heads.forEach(function (th, column) {
-    th.classList.add("sortable");
-    th.addEventListener("click", function () {
-      var body = table.tBodies[0];
-      var groups = [];
-      Array.prototype.forEach.call(body.rows, function (row) {
-        if (row.classList.contains("detail") && groups.length) {
-          groups[groups.length - 1].push(row);
-        } else {
-          groups.push([row]);
-        }
-      });
-      var descending = th.getAttribute("data-order") !== "desc";
-      heads.forEach(function (h) { h.removeAttribute("data-order"); });
-      th.setAttribute("data-order", descending ? "desc" : "asc");
-      function key(group) {
-        var cell = group[0].cells[column];
-        if (!cell) { return ""; }
-        var v = cell.getAttribute("data-v");
-        return v === null ? cell.textContent.trim().toLowerCase() : parseFloat(v);
-      }
-      groups.sort(function (a, b) {
-        var x = key(a), y = key(b);
-        var order = x < y ? -1 : (x > y ? 1 : 0);
-        return descending ? -order : order;
-      });
-      groups.forEach(function (group) {
-        group.forEach(function (row) { body.appendChild(row); });
-      });
-    });
-  });
-});
-"""
-
 
 def _csp_hash(text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).digest()
@@ -279,10 +180,14 @@ def _loops(session: Session, numbered: Sequence[tuple[int, BlockEvent]]) -> str:
             "<th class=\"num\">lag p99</th><th class=\"num\">lag max</th>"
             "<th>not measurable</th></tr>")
     rows = []
-    for loop in session.loops:
+    shown = session.loops
+    if len(shown) > MAX_LOOP_ROWS:
+        shown = tuple(sorted(sorted(shown, key=lambda loop: -loop.block_ms)[:MAX_LOOP_ROWS],
+                             key=lambda loop: loop.id))
+    for loop in shown:
         utilization = loop.utilization
         rows.append(
-            f'<tr id="loop-{loop.id}"><td>{loop.id}</td><td class="wrap">{_e(loop.thread)}</td>'
+            f'<tr id="loop-{loop.id}"><td>{loop.id}</td><td>{_e(loop.thread)}</td>'
             f"<td>{_e(loop.kind)}</td>"
             + _num(utilization, f"{utilization * 100:.1f}%" if utilization is not None else None)
             + _num(loop.busy_ms, _ms(loop.busy_ms)) + _num(loop.io_wait_ms, _ms(loop.io_wait_ms))
@@ -309,9 +214,12 @@ def _loops(session: Session, numbered: Sequence[tuple[int, BlockEvent]]) -> str:
               '<span><i class="block"></i>block (hover for details, click for its row)'
               "</span></div>")
     more = ""
+    if len(shown) < len(session.loops):
+        more += (f'<p class="none">The table shows the {MAX_LOOP_ROWS} loops with the most '
+                 f"blocked time of {len(session.loops)}; the JSON report has them all.</p>")
     if len(session.loops) > MAX_TIMELINES:
         more = (f'<p class="none">Timelines of the {MAX_TIMELINES} loops with the most '
-                f"blocked time; {len(session.loops) - MAX_TIMELINES} more are in the table.</p>")
+                f"blocked time are drawn.</p>")
     return (f'<section id="loops"><h2>Loops</h2>{table}<h2 id="timeline">Timeline</h2>'
             f"{legend}{''.join(figures)}{more}</section>")
 
@@ -342,8 +250,8 @@ def _hotspots(hotspots: Sequence[Hotspot], threshold_ms: float) -> str:
         rows.append(f'<tr class="detail"><td></td><td colspan="8">{advice}'
                     f"{_source_html(hotspot.site)}{_stack_html(hotspot.stack)}</td></tr>")
     return (f'<section id="hotspots"><h2>Hotspots <small>(by total time)</small></h2>'
-            f'<table class="sortable" id="hotspot-table"><thead>{head}</thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></section>")
+            f'<div class="scroll"><table class="sortable" id="hotspot-table"><thead>{head}'
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div></section>")
 
 
 def numbered_blocks(blocks: Iterable[BlockEvent]) -> list[tuple[int, BlockEvent]]:
@@ -379,8 +287,9 @@ def _blocks(numbered: Sequence[tuple[int, BlockEvent]], dropped: int) -> str:
             f"<td>{_e(block.call or '')}</td><td class=\"wrap\">{_site_html(block.site)}</td>"
             f'<td class="wrap">{_e(task)}</td>' + _num(block.loop)
             + f"<td>{trace}</td></tr>")
-    return (f'<section id="blocks"><h2>Blocks</h2>{note}<table class="sortable" '
-            f'id="block-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<section id="blocks"><h2>Blocks</h2>{note}<div class="scroll"><table '
+            f'class="sortable" id="block-table"><thead>{head}</thead><tbody>{"".join(rows)}'
+            "</tbody></table></div>"
             "</section>")
 
 
@@ -402,8 +311,9 @@ def _tasks(session: Session) -> str:
     note = ("" if session.mode == "full" else
             '<p class="none">Steps and busy time per task are recorded in full mode; '
             "default mode counts blocks only.</p>")
-    return (f'<section id="tasks"><h2>Tasks</h2>{note}<table class="sortable" '
-            f'id="task-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<section id="tasks"><h2>Tasks</h2>{note}<div class="scroll"><table '
+            f'class="sortable" id="task-table"><thead>{head}</thead><tbody>{"".join(rows)}'
+            "</tbody></table></div>"
             "</section>")
 
 

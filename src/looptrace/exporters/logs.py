@@ -65,7 +65,7 @@ def describe(fields: dict[str, Any]) -> str:
 
 def _structlog_listener() -> Callable[[Block], None]:
     try:
-        import structlog  # noqa: PLC0415 - optional: imported only when log='structlog'
+        import structlog  # optional: imported only when log='structlog'
     except ImportError:
         raise ImportError("looptrace: log='structlog' needs the structlog package "
                           "(pip install 'looptrace[structlog]')") from None
