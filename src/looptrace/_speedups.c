@@ -8,6 +8,9 @@
  *             watchdog thread), and calls back into Python only for a step at or over the
  *             threshold. It calls the original _run, so asyncio's own exception handling,
  *             tracebacks and messages are untouched.
+ * FullStepHook (full mode) also records every step, (start_ns, duration_ns, owner id), in
+ *             a per-thread ring of plain integers, and adds its time to its owner's figures
+ *             (an OwnerTable: Python calls only the first time an owner is seen).
  * SelectTimer is set as a selector instance's `select`. It times every select/epoll wait and
  *             the busy time between two waits, and keeps the loop's counters and a lag
  *             histogram; in full mode it also fills a ring buffer with every wait.
@@ -78,6 +81,11 @@ typedef struct {
     unsigned long long seq;         /* steps started on this thread */
     unsigned long long blocks;      /* steps at or over the threshold */
     unsigned long thread_id;
+    /* full mode: ring of (start_ns, duration_ns, owner id) */
+    long long *ring;
+    Py_ssize_t ring_capacity;       /* in records */
+    Py_ssize_t ring_items;          /* 3 * ring_capacity: the shape of the exported buffer */
+    unsigned long long ring_written;
 } StepSlot;
 
 static int
@@ -99,8 +107,50 @@ StepSlot_dealloc(StepSlot *self)
 {
     PyObject_GC_UnTrack(self);
     StepSlot_clear(self);
+    PyMem_Free(self->ring);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+/* The ring as a read-only buffer of int64, 3 per record, so an exporter can copy the records
+ * written since its last visit with one memcpy (memoryview(slot)). The view keeps the slot,
+ * and so the ring, alive. */
+static int
+ring_getbuffer(PyObject *exporter, Py_buffer *view, int flags, long long *ring,
+               Py_ssize_t *items)
+{
+    if (ring == NULL) {
+        PyErr_SetString(PyExc_BufferError, "no ring: full mode is off");
+        view->obj = NULL;
+        return -1;
+    }
+    if (flags & PyBUF_WRITABLE) {
+        PyErr_SetString(PyExc_BufferError, "the ring is read-only");
+        view->obj = NULL;
+        return -1;
+    }
+    view->obj = Py_NewRef(exporter);
+    view->buf = ring;
+    view->len = *items * (Py_ssize_t)sizeof(long long);
+    view->readonly = 1;
+    view->itemsize = sizeof(long long);
+    view->format = (flags & PyBUF_FORMAT) ? "q" : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) ? items : NULL;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? &view->itemsize : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    return 0;
+}
+
+static int
+StepSlot_getbuffer(StepSlot *self, Py_buffer *view, int flags)
+{
+    return ring_getbuffer((PyObject *)self, view, flags, self->ring, &self->ring_items);
+}
+
+static PyBufferProcs StepSlot_as_buffer = {
+    .bf_getbuffer = (getbufferproc)StepSlot_getbuffer,
+};
 
 static PyObject *
 StepSlot_get_handle(StepSlot *self, void *closure)
@@ -117,12 +167,28 @@ static PyMemberDef StepSlot_members[] = {
     {"blocks", T_ULONGLONG, offsetof(StepSlot, blocks), READONLY,
      "Steps on this thread that ran at or over the threshold."},
     {"thread_id", T_ULONG, offsetof(StepSlot, thread_id), READONLY, "The thread's ident."},
+    {"ring_written", T_ULONGLONG, offsetof(StepSlot, ring_written), READONLY,
+     "Full mode: steps written to the ring so far (the ring keeps the last ring_capacity)."},
+    {"ring_capacity", T_PYSSIZET, offsetof(StepSlot, ring_capacity), READONLY,
+     "Full mode: how many steps the ring keeps (0 when full mode is off)."},
     {NULL}
 };
+
+static PyObject *
+StepSlot_get_ring(StepSlot *self, void *closure)
+{
+    if (self->ring == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyMemoryView_FromObject((PyObject *)self);
+}
 
 static PyGetSetDef StepSlot_getset[] = {
     {"handle", (getter)StepSlot_get_handle, NULL, "The handle whose step is running, or None.",
      NULL},
+    {"ring", (getter)StepSlot_get_ring, NULL,
+     "Full mode: a read-only memoryview of the ring (int64, 3 per step: start_ns, "
+     "duration_ns, owner id; record k is at (k % ring_capacity) * 3), or None.", NULL},
     {NULL}
 };
 
@@ -137,6 +203,7 @@ static PyTypeObject StepSlot_Type = {
     .tp_dealloc = (destructor)StepSlot_dealloc,
     .tp_members = StepSlot_members,
     .tp_getset = StepSlot_getset,
+    .tp_as_buffer = &StepSlot_as_buffer,
 };
 
 /* ---------------------------------------------------------------- StepHook */
@@ -151,7 +218,16 @@ typedef struct {
     unsigned long long generation;
     unsigned long long faults;
     int enabled;
+    /* full mode only (FullStepHook): the OwnerTable's parts, and each thread's ring size */
+    PyObject *owner_ids;        /* {task id or callback qualname/type: owner id} */
+    PyObject *task_types;       /* set of Task classes */
+    PyObject *register_owner;   /* register(key, owner, callback) -> owner id */
+    PyObject *owner_busy;       /* list: busy ns per owner id */
+    PyObject *owner_steps;      /* list: steps per owner id */
+    Py_ssize_t ring_capacity;
 } StepHook;
+
+static PyTypeObject FullStepHook_Type;
 
 /* Each thread caches its slot. The generation tells a slot of this hook from one of an
  * earlier, uninstalled hook whose registry (and slots) may be gone. The pointer is borrowed:
@@ -187,6 +263,21 @@ slot_for_this_thread(StepHook *hook)
         slot->seq = 0;
         slot->blocks = 0;
         slot->thread_id = ident;
+        slot->ring = NULL;
+        slot->ring_capacity = 0;
+        slot->ring_items = 0;
+        slot->ring_written = 0;
+        if (hook->ring_capacity > 0) {
+            slot->ring = PyMem_Calloc((size_t)hook->ring_capacity * 3, sizeof(long long));
+            if (slot->ring == NULL) {
+                Py_DECREF(slot);
+                Py_DECREF(key);
+                PyErr_NoMemory();
+                return NULL;
+            }
+            slot->ring_capacity = hook->ring_capacity;
+            slot->ring_items = 3 * hook->ring_capacity;
+        }
         PyObject_GC_Track(slot);
         int failed = PyDict_SetItem(hook->registry, key, (PyObject *)slot);
         Py_DECREF(slot);  /* the registry owns it now */
@@ -199,6 +290,111 @@ slot_for_this_thread(StepHook *hook)
     tls_slot = slot;
     tls_generation = hook->generation;
     return slot;
+}
+
+static PyObject *str_callback, *str_self, *str_qualname;
+
+/* getattr(obj, name, None) without raising and catching AttributeError. */
+static inline int
+lookup_optional_attr(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
+
+static int
+add_to_list_item(PyObject *list, Py_ssize_t i, long long amount)
+{
+    if (!PyList_Check(list) || i < 0 || i >= PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_IndexError, "owner id out of range");
+        return -1;
+    }
+    long long old = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+    if (old == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *value = PyLong_FromLongLong(old + amount);
+    if (value == NULL) {
+        return -1;
+    }
+    return PyList_SetItem(list, i, value);   /* steals value */
+}
+
+/* Full mode: the step's owner id (a dict hit after the owner's first step), its figures,
+ * and the ring record. Mirrors looptrace._hooks.steps.FullStepHook. */
+static int
+record_step(StepHook *hook, StepSlot *slot, PyObject *handle, long long start, long long duration)
+{
+    PyObject *callback = NULL, *owner = NULL, *key = NULL, *new_oid = NULL;
+    int status = -1;
+    callback = PyObject_GetAttr(handle, str_callback);
+    if (callback == NULL || lookup_optional_attr(callback, str_self, &owner) < 0) {
+        goto done;
+    }
+    int is_task = 0;
+    if (owner != NULL) {
+        is_task = PySet_Contains(hook->task_types, (PyObject *)Py_TYPE(owner));
+        if (is_task < 0) {
+            goto done;
+        }
+    }
+    if (is_task) {
+        key = PyLong_FromVoidPtr(owner);
+        if (key == NULL) {
+            goto done;
+        }
+    }
+    else {
+        if (lookup_optional_attr(callback, str_qualname, &key) < 0) {
+            goto done;
+        }
+        int truthy = key != NULL ? PyObject_IsTrue(key) : 0;
+        if (truthy < 0) {
+            goto done;
+        }
+        if (!truthy) {
+            Py_XDECREF(key);
+            key = Py_NewRef((PyObject *)Py_TYPE(callback));
+        }
+    }
+    PyObject *oid = PyDict_GetItemWithError(hook->owner_ids, key);   /* borrowed */
+    if (oid == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        new_oid = PyObject_CallFunctionObjArgs(hook->register_owner, key,
+                                               owner != NULL ? owner : Py_None, callback, NULL);
+        if (new_oid == NULL) {
+            goto done;
+        }
+        oid = new_oid;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(oid);
+    if (i == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (add_to_list_item(hook->owner_busy, i, duration) < 0
+        || add_to_list_item(hook->owner_steps, i, 1) < 0) {
+        goto done;
+    }
+    if (slot->ring != NULL) {
+        long long *rec = slot->ring
+                         + 3 * (slot->ring_written % (unsigned long long)slot->ring_capacity);
+        rec[0] = start;
+        rec[1] = duration;
+        rec[2] = (long long)i;
+        slot->ring_written++;
+    }
+    status = 0;
+done:
+    Py_XDECREF(callback);
+    Py_XDECREF(owner);
+    Py_XDECREF(key);
+    Py_XDECREF(new_oid);
+    return status;
 }
 
 static PyObject *
@@ -230,6 +426,15 @@ StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, Py
     long long end = now_ns();
     slot->handle = outer_handle;
     slot->start_ns = outer_start;
+    if (hook->owner_ids != NULL && hook->enabled) {
+        saved_error saved;
+        save_error(&saved);
+        if (record_step(hook, slot, handle, start, end - start) < 0) {
+            PyErr_Clear();   /* never raise into the program */
+            hook->faults++;
+        }
+        restore_error(&saved);
+    }
     if (end - start >= hook->threshold_ns && hook->enabled) {
         slot->blocks++;
         saved_error saved;
@@ -253,19 +458,51 @@ static PyObject *
 StepHook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"original", "on_long_step", "threshold_ns", NULL};
-    PyObject *original, *on_long_step;
+    static char *full_kwlist[] = {"original", "on_long_step", "threshold_ns", "owners",
+                                  "ring_capacity", NULL};
+    PyObject *original, *on_long_step, *owners = NULL;
     long long threshold_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOL", kwlist, &original, &on_long_step,
-                                     &threshold_ns)) {
+    Py_ssize_t ring_capacity = 0;
+    int full = PyType_IsSubtype(type, &FullStepHook_Type);
+    if (full ? !PyArg_ParseTupleAndKeywords(args, kwds, "OOLO|n", full_kwlist, &original,
+                                            &on_long_step, &threshold_ns, &owners,
+                                            &ring_capacity)
+             : !PyArg_ParseTupleAndKeywords(args, kwds, "OOL", kwlist, &original,
+                                            &on_long_step, &threshold_ns)) {
         return NULL;
     }
     if (!PyCallable_Check(original) || !PyCallable_Check(on_long_step)) {
         PyErr_SetString(PyExc_TypeError, "original and on_long_step must be callable");
         return NULL;
     }
+    if (ring_capacity < 0) {
+        PyErr_SetString(PyExc_ValueError, "ring_capacity must be >= 0");
+        return NULL;
+    }
     StepHook *self = (StepHook *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
+    }
+    if (full) {
+        self->owner_ids = PyObject_GetAttrString(owners, "ids");
+        self->task_types = self->owner_ids ? PyObject_GetAttrString(owners, "task_types") : NULL;
+        self->register_owner = self->task_types ? PyObject_GetAttrString(owners, "register")
+                                                : NULL;
+        self->owner_busy = self->register_owner ? PyObject_GetAttrString(owners, "busy_ns")
+                                                : NULL;
+        self->owner_steps = self->owner_busy ? PyObject_GetAttrString(owners, "steps") : NULL;
+        if (self->owner_steps == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        if (!PyDict_Check(self->owner_ids) || !PyAnySet_Check(self->task_types)
+            || !PyList_Check(self->owner_busy) || !PyList_Check(self->owner_steps)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "owners must have dict ids, set task_types, list busy_ns and steps");
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->ring_capacity = ring_capacity;
     }
     self->registry = PyDict_New();
     if (self->registry == NULL) {
@@ -290,6 +527,11 @@ StepHook_traverse(StepHook *self, visitproc visit, void *arg)
     Py_VISIT(self->original);
     Py_VISIT(self->on_long_step);
     Py_VISIT(self->registry);
+    Py_VISIT(self->owner_ids);
+    Py_VISIT(self->task_types);
+    Py_VISIT(self->register_owner);
+    Py_VISIT(self->owner_busy);
+    Py_VISIT(self->owner_steps);
     return 0;
 }
 
@@ -300,6 +542,11 @@ StepHook_clear(StepHook *self)
     Py_CLEAR(self->original);
     Py_CLEAR(self->on_long_step);
     Py_CLEAR(self->registry);
+    Py_CLEAR(self->owner_ids);
+    Py_CLEAR(self->task_types);
+    Py_CLEAR(self->register_owner);
+    Py_CLEAR(self->owner_busy);
+    Py_CLEAR(self->owner_steps);
     return 0;
 }
 
@@ -388,8 +635,41 @@ StepHook_get_name(StepHook *self, void *closure)
     return PyUnicode_FromString("_run");
 }
 
+/* Full mode: one thread's kept steps, oldest first, as (start_ns, duration_ns, owner id). */
+static PyObject *
+StepHook_ring(StepHook *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &StepSlot_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ring() takes a StepSlot");
+        return NULL;
+    }
+    StepSlot *slot = (StepSlot *)arg;
+    if (slot->ring == NULL) {
+        return PyList_New(0);
+    }
+    unsigned long long cap = (unsigned long long)slot->ring_capacity;
+    unsigned long long count = slot->ring_written < cap ? slot->ring_written : cap;
+    unsigned long long first = slot->ring_written - count;
+    PyObject *out = PyList_New((Py_ssize_t)count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (unsigned long long k = 0; k < count; k++) {
+        long long *rec = slot->ring + 3 * ((first + k) % cap);
+        PyObject *item = Py_BuildValue("(LLL)", rec[0], rec[1], rec[2]);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)k, item);
+    }
+    return out;
+}
+
 static PyMethodDef StepHook_methods[] = {
     {"slots", (PyCFunction)StepHook_slots, METH_NOARGS, "The slots of every thread seen."},
+    {"ring", (PyCFunction)StepHook_ring, METH_O,
+     "Full mode: a slot's kept steps, oldest first, as (start_ns, duration_ns, owner id)."},
     {"current_slot", (PyCFunction)StepHook_current_slot, METH_NOARGS,
      "The calling thread's slot, created on first use."},
     {"prune", (PyCFunction)StepHook_prune, METH_O,
@@ -404,6 +684,8 @@ static PyMemberDef StepHook_members[] = {
      "0 turns the hook into a plain call of the original."},
     {"faults", T_ULONGLONG, offsetof(StepHook, faults), READONLY,
      "Errors swallowed by the hook itself."},
+    {"ring_capacity", T_PYSSIZET, offsetof(StepHook, ring_capacity), READONLY,
+     "Full mode: how many steps each thread's ring keeps."},
     {NULL}
 };
 
@@ -430,6 +712,26 @@ static PyTypeObject StepHook_Type = {
     .tp_methods = StepHook_methods,
     .tp_members = StepHook_members,
     .tp_getset = StepHook_getset,
+};
+
+/* Full mode: the same hook, built with an OwnerTable and a ring size. A type of its own so
+ * `isinstance(hook, looptrace._hooks.steps.FullStepHook)` tells the modes apart. */
+static PyTypeObject FullStepHook_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.FullStepHook",
+    .tp_doc = "FullStepHook(original, on_long_step, threshold_ns, owners, ring_capacity=0): "
+              "a timed Handle._run that also records every step.",
+    .tp_basicsize = sizeof(StepHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR
+                | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_base = &StepHook_Type,
+    .tp_new = StepHook_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(StepHook, vectorcall),
+    .tp_descr_get = StepHook_descr_get,
+    .tp_traverse = (traverseproc)StepHook_traverse,
+    .tp_clear = (inquiry)StepHook_clear,
+    .tp_dealloc = (destructor)StepHook_dealloc,
 };
 
 /* ---------------------------------------------------------------- SelectTimer */
@@ -469,6 +771,7 @@ typedef struct {
     /* full mode: ring of (start_ns, duration_ns, timeout_ns or -1, events) */
     long long *ring;
     Py_ssize_t ring_capacity;     /* in records */
+    Py_ssize_t ring_items;        /* 4 * ring_capacity: the shape of the exported buffer */
     unsigned long long ring_written;
     int enabled;
 } SelectTimer;
@@ -565,6 +868,7 @@ SelectTimer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return PyErr_NoMemory();
         }
         self->ring_capacity = ring_capacity;
+        self->ring_items = 4 * ring_capacity;
     }
     self->vectorcall = SelectTimer_vectorcall;
     Py_INCREF(original);
@@ -600,6 +904,25 @@ SelectTimer_dealloc(SelectTimer *self)
     SelectTimer_clear(self);
     PyMem_Free(self->ring);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+SelectTimer_getbuffer(SelectTimer *self, Py_buffer *view, int flags)
+{
+    return ring_getbuffer((PyObject *)self, view, flags, self->ring, &self->ring_items);
+}
+
+static PyBufferProcs SelectTimer_as_buffer = {
+    .bf_getbuffer = (getbufferproc)SelectTimer_getbuffer,
+};
+
+static PyObject *
+SelectTimer_ring_view(SelectTimer *self, PyObject *unused)
+{
+    if (self->ring == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyMemoryView_FromObject((PyObject *)self);
 }
 
 static PyObject *
@@ -673,6 +996,9 @@ static PyMethodDef SelectTimer_methods[] = {
      "Busy time per iteration: [(bucket_low_ns, count)] for non-empty buckets."},
     {"ring", (PyCFunction)SelectTimer_ring, METH_NOARGS,
      "Full mode: the kept waits, oldest first, as (start_ns, duration_ns, timeout_ns, events)."},
+    {"ring_view", (PyCFunction)SelectTimer_ring_view, METH_NOARGS,
+     "Full mode: a read-only memoryview of the ring (int64, 4 per wait: start_ns, "
+     "duration_ns, timeout_ns or -1, events; wait k is at (k % ring_capacity) * 4), or None."},
     {"forget_last", (PyCFunction)SelectTimer_forget_last, METH_NOARGS,
      "Start a new busy period: the loop stopped and will run again later."},
     {NULL}
@@ -715,6 +1041,7 @@ static PyTypeObject SelectTimer_Type = {
     .tp_methods = SelectTimer_methods,
     .tp_members = SelectTimer_members,
     .tp_getset = SelectTimer_getset,
+    .tp_as_buffer = &SelectTimer_as_buffer,
 };
 
 /* ---------------------------------------------------------------- module */
@@ -735,8 +1062,14 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    str_callback = PyUnicode_InternFromString("_callback");
+    str_self = PyUnicode_InternFromString("__self__");
+    str_qualname = PyUnicode_InternFromString("__qualname__");
+    if (str_callback == NULL || str_self == NULL || str_qualname == NULL) {
+        return NULL;
+    }
     if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
-        || PyType_Ready(&SelectTimer_Type) < 0) {
+        || PyType_Ready(&FullStepHook_Type) < 0 || PyType_Ready(&SelectTimer_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -745,6 +1078,7 @@ PyInit__speedups(void)
     }
     if (PyModule_AddObjectRef(m, "StepSlot", (PyObject *)&StepSlot_Type) < 0
         || PyModule_AddObjectRef(m, "StepHook", (PyObject *)&StepHook_Type) < 0
+        || PyModule_AddObjectRef(m, "FullStepHook", (PyObject *)&FullStepHook_Type) < 0
         || PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimer_Type) < 0
         || PyModule_AddIntConstant(m, "HIST_SUB_BITS", HIST_SUB_BITS) < 0) {
         Py_DECREF(m);

@@ -9,12 +9,19 @@ Three implementations share that contract:
 
 - the C ``StepHook`` (``looptrace._speedups``), the default when it was built;
 - :class:`PythonStepHook`, the same in pure Python (``accelerator=False`` or no compiler);
-- :class:`FullStepHook`, which also records every step for timelines (``mode="full"``).
+- :class:`FullStepHook`, which also records every step for timelines (``mode="full"``),
+  and its C twin ``looptrace._speedups.FullStepHook`` (registered as a virtual subclass, so
+  ``isinstance(hook, FullStepHook)`` holds for both).
+
+In full mode each thread's slot has a ring of plain integers, three per step (start_ns,
+duration_ns, owner id; step ``k`` at ``(k % ring_capacity) * 3``), and ``ring_written``:
+``memoryview(slot.ring)`` lets an exporter copy the steps written since its last visit.
 """
 
 from __future__ import annotations
 
 import threading
+from abc import ABCMeta
 from array import array
 from collections.abc import Callable, Collection
 from time import perf_counter_ns
@@ -138,7 +145,7 @@ class PythonStepHook:
         return _run
 
 
-class FullStepHook(PythonStepHook):
+class FullStepHook(PythonStepHook, metaclass=ABCMeta):
     """Also records every step, (start_ns, duration_ns, owner id), in a per-thread ring, and
     the busy time and step count of each owner (task or callback)."""
 
@@ -234,6 +241,15 @@ def make_step_hook(original: Callable[[Any], Any], on_long_step: OnLongStep, thr
     ``owners`` selects full mode. The C hook is used when asked for and importable.
     """
     if owners is not None:
+        if accelerated:
+            try:
+                from looptrace._speedups import FullStepHook as CFullStepHook
+            except ImportError:
+                pass
+            else:
+                c_full = CFullStepHook(original, on_long_step, threshold_ns, owners,
+                                       ring_capacity)
+                return c_full, c_full
         full = FullStepHook(original, on_long_step, threshold_ns, owners, ring_capacity)
         return full.method, full
     if accelerated:
@@ -246,6 +262,17 @@ def make_step_hook(original: Callable[[Any], Any], on_long_step: OnLongStep, thr
             return c_hook, c_hook
     py_hook = PythonStepHook(original, on_long_step, threshold_ns)
     return py_hook.method, py_hook
+
+
+def _register_c_full_hook() -> None:
+    try:
+        from looptrace._speedups import FullStepHook as CFullStepHook
+    except ImportError:
+        return
+    FullStepHook.register(CFullStepHook)
+
+
+_register_c_full_hook()
 
 
 def accelerator_available() -> bool:
