@@ -43,6 +43,7 @@ class SelectTimer(Protocol):
     def faults(self) -> int: ...
     def histogram(self) -> list[tuple[int, int]]: ...
     def ring(self) -> list[tuple[int, int, int, int]]: ...
+    def ring_view(self) -> memoryview | None: ...
     def forget_last(self) -> None: ...
 
 
@@ -85,6 +86,12 @@ class PythonSelectTimer:
             out.append((ring[i], ring[i + 1], ring[i + 2], ring[i + 3]))
         return out
 
+    def ring_view(self) -> memoryview | None:
+        """Full mode: the ring itself, int64, 4 per wait (wait ``k`` at
+        ``(k % ring_capacity) * 4``), for exporters that copy what is new since their last
+        visit; None otherwise."""
+        return memoryview(self._ring) if self._ring is not None else None
+
     def forget_last(self) -> None:
         self.last_end_ns = 0
 
@@ -100,28 +107,31 @@ class PythonSelectTimer:
             start = clock()
             ready = original(timeout)
             end = clock()
-            timer.select_calls += 1
-            timer.events += len(ready)
-            timer.io_wait_ns += end - start
-            last = timer.last_end_ns
-            if last:
-                busy = start - last
-                timer.busy_ns += busy
-                index = bucket_index(busy)
-                hist[index] = hist.get(index, 0) + 1
-                timer.max_busy_ns = max(timer.max_busy_ns, busy)
-                if busy >= timer.threshold_ns:
-                    timer.long_iterations += 1
-                    timer.on_long_iteration(last, start)
-            timer.last_end_ns = end
-            ring = timer._ring
-            if ring is not None:
-                i = (timer.ring_written % timer.ring_capacity) * 4
-                ring[i] = start
-                ring[i + 1] = end - start
-                ring[i + 2] = -1 if timeout is None else int(timeout * 1e9)
-                ring[i + 3] = len(ready)
-                timer.ring_written += 1
+            try:
+                timer.select_calls += 1
+                timer.events += len(ready)
+                timer.io_wait_ns += end - start
+                last = timer.last_end_ns
+                if last:
+                    busy = start - last
+                    timer.busy_ns += busy
+                    index = bucket_index(busy)
+                    hist[index] = hist.get(index, 0) + 1
+                    timer.max_busy_ns = max(timer.max_busy_ns, busy)
+                    if busy >= timer.threshold_ns:
+                        timer.long_iterations += 1
+                        timer.on_long_iteration(last, start)
+                timer.last_end_ns = end
+                ring = timer._ring
+                if ring is not None:
+                    i = (timer.ring_written % timer.ring_capacity) * 4
+                    ring[i] = start
+                    ring[i + 1] = end - start
+                    ring[i + 2] = -1 if timeout is None else int(timeout * 1e9)
+                    ring[i + 3] = len(ready)
+                    timer.ring_written += 1
+            except Exception:  # never into the loop; the tracer reports faults
+                timer.faults += 1
             return ready
 
         select.__wrapped__ = original  # type: ignore[attr-defined]
@@ -186,6 +196,9 @@ class FrozenTimer:
 
     def ring(self) -> list[tuple[int, int, int, int]]:
         return list(self._ring)
+
+    def ring_view(self) -> memoryview | None:
+        return None
 
     def forget_last(self) -> None:
         pass
