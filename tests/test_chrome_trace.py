@@ -89,7 +89,8 @@ def _tracks(events: list[Event]) -> dict[str, list[Event]]:
 def test_full_mode_trace_follows_the_rules(full_session: Session) -> None:
     """Full mode: the loop's track holds its select waits (with the ready events they
     returned) and steps, each block replaces its step and is named by call and site, and
-    every task has a named track of its own; the document follows the trace-event rules."""
+    every task has a named track of its own where its blocks are marked the same way; the
+    document follows the trace-event rules."""
     events = check_trace_rules(json.loads(chrome.render(full_session)))
     tracks = _tracks(events)
     loop_track = tracks["loop 1 (MainThread)"]
@@ -111,7 +112,9 @@ def test_full_mode_trace_follows_the_rules(full_session: Session) -> None:
     for label in ("task fetcher (fetch)", "task legacy (legacy_worker)",
                   "task cruncher (cpu_worker)", f"task {EVIL_TASK} (evil)"):
         assert tracks[f"{label} · loop 1"], label
-    assert all(e["name"] == "step" for e in tracks["task legacy (legacy_worker) · loop 1"])
+    legacy = tracks["task legacy (legacy_worker) · loop 1"]
+    assert [e["name"] for e in legacy if e["cat"] == "block"] == [sleep_name, sleep_name]
+    assert all(e["name"] == "step" for e in legacy if e["cat"] == "step")
 
 
 def test_default_mode_trace_has_blocks_on_loop_and_task_tracks(

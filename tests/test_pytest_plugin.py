@@ -70,7 +70,7 @@ def test_blocking_test_fails_and_names_the_block(project: pytest.Pytester) -> No
         "*1. * ms  time.sleep",
         f"*at test_app.py:{SLEEP_LINE} in legacy_read",
         "*task Task-* (test_blocks)",
-        '*to let it pass: @pytest.mark.looptrace(allow=[[]"time.sleep"[]])',
+        '*to let it pass: @pytest.mark.looptrace(allow=[[]"time.sleep"[]]) (or the site: *',
     ])
     assert "test_fast" not in "\n".join(line for line in result.outlines if "FAILED" in line)
 
@@ -359,16 +359,25 @@ def test_without_pytest_asyncio(project: pytest.Pytester) -> None:
 
 def test_report_files(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """--looptrace-report writes the run's JSON report (readable by looptrace.Session.load,
-    one loop per recorded test, the hotspot with its site) and the HTML report beside it."""
+    one loop per recorded test, blocks at one site in several tests summed into one
+    hotspot) and the HTML report beside it."""
     monkeypatch.setenv("LOOPTRACE_THRESHOLD_MS", "30")
-    project.makepyfile(test_app=BLOCKING)
+    project.makepyfile(test_app=BLOCKING + textwrap.dedent("""
+
+        @pytest.mark.asyncio
+        async def test_blocks_too():
+            legacy_read()
+    """))
     report = project.path / "reports" / "looptrace.json"
     result = project.runpytest("--looptrace", "--looptrace-report", str(report))
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([f"report: {report}, {report.with_suffix('.html')}"])
     session = Session.load(report)
-    assert len(session.loops) == 2
-    (hotspot,) = session.hotspots
+    assert len(session.loops) == 3
+    assert [b.loop for b in session.blocks] == [1, 3]  # renumbered: one loop per test
+    (hotspot,) = session.hotspots  # the same site in two tests: one hotspot
+    assert hotspot.count == 2 and hotspot.total_ms == pytest.approx(
+        sum(b.duration_ms for b in session.blocks), abs=0.01)
     assert hotspot.call == "time.sleep" and hotspot.site is not None
     assert (hotspot.site.function, hotspot.site.line) == ("legacy_read", SLEEP_LINE)
     html = report.with_suffix(".html").read_text(encoding="utf-8")

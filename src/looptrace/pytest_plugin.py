@@ -214,7 +214,9 @@ class LooptraceReport:
         """The test's :class:`~looptrace.Session` (the report)."""
         recording = self._item.stash.get(_RECORDING, None)
         if recording is None:
-            raise RuntimeError("looptrace_report: the test has not started running yet")
+            raise RuntimeError("looptrace_report: nothing recorded yet; the recording starts "
+                               "when the test function is called (request the fixture as an "
+                               "argument: getfixturevalue() inside the test comes too late)")
         return recording.live()
 
     @property
@@ -305,10 +307,13 @@ def failure_text(blocks: list[BlockEvent], budget_ms: float) -> str:
     lines = [f"looptrace: the event loop was blocked longer than the {budget_ms:g} ms budget "
              f"({count} block{'s' if count != 1 else ''}):"]
     lines += [_block_line(n, b) for n, b in enumerate(blocks, start=1)]
-    example = blocks[0].call or (f"{os.path.basename(blocks[0].site.file)}:{blocks[0].site.line}"
-                                 if blocks[0].site is not None else None)
-    if example is not None:
-        lines.append(f'to let it pass: @pytest.mark.looptrace(allow=["{example}"])')
+    first = blocks[0]
+    site = (f"{os.path.basename(first.site.file)}:{first.site.line}"
+            if first.site is not None else None)
+    rules = [f'"{rule}"' for rule in (first.call, site) if rule is not None]
+    if rules:
+        lines.append(f"to let it pass: @pytest.mark.looptrace(allow=[{rules[0]}])"
+                     + (f" (or the site: allow=[{rules[1]}])" if len(rules) > 1 else ""))
     return "\n".join(lines)
 
 

@@ -26,16 +26,16 @@ code, pre, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consola
 table { border-collapse: collapse; width: 100%; margin: 8px 0; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--rule);
   vertical-align: top; }
-th { background: var(--band); font-weight: 600; white-space: nowrap; }
+th { background: var(--band); font-weight: 600; }
 th.sortable { cursor: pointer; }
-th.sortable::after { content: " \\2195"; color: var(--muted); font-size: 11px; }
+th.sortable::after { content: "\\00a0\\2195"; color: var(--muted); font-size: 11px; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums;
   white-space: nowrap; }
-td.wrap { overflow-wrap: break-word; }
+td.wrap { overflow-wrap: anywhere; min-width: 10em; }
 .scroll { overflow-x: auto; }
 tr.detail td { background: var(--band); border-bottom: 2px solid var(--rule); }
-.kind-blocking-call { color: var(--block); font-weight: 600; }
-.kind-slow-step { color: var(--busy); font-weight: 600; }
+.kind-blocking-call { color: var(--block); font-weight: 600; white-space: nowrap; }
+.kind-slow-step { color: var(--busy); font-weight: 600; white-space: nowrap; }
 pre.source { margin: 6px 0; padding: 6px 0; background: #fff;
   border: 1px solid var(--rule); border-radius: 6px; overflow-x: auto; }
 pre.source span.line { display: block; padding: 0 10px; white-space: pre; }

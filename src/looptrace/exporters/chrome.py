@@ -103,7 +103,7 @@ def _owner_label(owner: Owner) -> str:
 
 
 def nest(slices: Iterable[Slice]) -> list[Slice]:
-    """Order one track's slices and make them nest.
+    """Order one track's slices and make them nest (adjusting them in place).
 
     A slice that starts inside another but ends after it is either a rounding overlap
     (at most :data:`ROUNDING_US`: the earlier slice is cut to end where the later one
@@ -131,25 +131,24 @@ def _end(piece: Slice) -> float:
     return piece.ts + piece.dur
 
 
-def _replace_block_steps(steps: list[Slice], blocks: list[Slice]) -> list[Slice]:
-    """Drop each step that a block stands for (the same step, measured once)."""
-    if not blocks:
-        return steps
-    ordered = sorted(blocks, key=lambda b: b.ts)
-    starts = [b.ts for b in ordered]
-    kept = []
-    for step in steps:
+class _BlockFinder:
+    """Which block (if any) a step of the timeline is: the same step, measured once by the
+    step timer for the block and once for the timeline."""
+
+    def __init__(self, blocks: list[Slice]) -> None:
+        self.blocks = sorted(blocks, key=lambda b: b.ts)
+        self.starts = [b.ts for b in self.blocks]
+
+    def block_of(self, step: Slice) -> Slice | None:
         end = step.ts + step.dur
         # Blocks of one loop follow each other, so only the last block starting before the
         # step ends, and its neighbours, can overlap it.
-        last = bisect.bisect_right(starts, end) - 1
-        is_block = any(
-            block.dur > 0
-            and min(end, block.ts + block.dur) - max(step.ts, block.ts) >= _BLOCK_MATCH * block.dur
-            for block in ordered[max(0, last - 1):last + 2])
-        if not is_block:
-            kept.append(step)
-    return kept
+        last = bisect.bisect_right(self.starts, end) - 1
+        for block in self.blocks[max(0, last - 1):last + 2]:
+            overlap = min(end, block.ts + block.dur) - max(step.ts, block.ts)
+            if block.dur > 0 and overlap >= _BLOCK_MATCH * block.dur:
+                return block
+        return None
 
 
 class _Builder:
@@ -198,7 +197,7 @@ class _Builder:
                         args["timeout_ms"] = timeout
                     track.slices.append(Slice(_us(start), _us(duration), "select",
                                               "io-wait", args, cname="good"))
-                steps = []
+                finder = _BlockFinder(blocks_by_loop.get(lt.loop, []))
                 for start, duration, owner_index in lt.steps:
                     owner = owners[owner_index] if 0 <= owner_index < len(owners) \
                         else Owner("other", "?", None)
@@ -207,11 +206,14 @@ class _Builder:
                     if owner.coroutine:
                         args["coroutine"] = owner.coroutine
                     piece = Slice(_us(start), _us(duration), label, "step", args)
-                    steps.append(piece)
-                    task_piece = Slice(piece.ts, piece.dur, "step", "step", dict(args))
+                    same = finder.block_of(piece)
+                    if same is None:
+                        track.slices.append(piece)
+                        task_piece = Slice(piece.ts, piece.dur, "step", "step", dict(args))
+                    else:  # the block's own slice stands for this step on the loop track
+                        task_piece = Slice(same.ts, same.dur, same.name, "block",
+                                           dict(same.args), cname=same.cname)
                     self.task_track(lt.loop, label).slices.append(task_piece)
-                track.slices.extend(_replace_block_steps(steps,
-                                                         blocks_by_loop.get(lt.loop, [])))
         for block in session.blocks:
             piece = _block_slice(block)
             self.loop_track(block.loop).slices.append(piece)
