@@ -53,7 +53,7 @@ async def wait_with_callbacks(tasks: list[asyncio.Task[int]]) -> list[int]:
 
     for task in tasks:
         task.add_done_callback(one_done)
-    await everything_done  # the task is suspended; the loop keeps a reference to wake it
+    await everything_done  # suspends this task; the future holds its wakeup callback
     return [task.result() for task in tasks]
 
 
