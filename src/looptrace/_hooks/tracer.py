@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import os
 import sys
 import threading
@@ -243,10 +242,8 @@ class Tracer:
         if own is not None:
             self._on_running_loop(None, own)
         if threading.active_count() > 1:
-            for obj in gc.get_objects():
-                if isinstance(obj, base_events.BaseEventLoop) and obj is not own \
-                        and obj.is_running():
-                    self._on_new_loop(obj)
+            for loop in _loops_running_elsewhere(own):
+                self._on_new_loop(loop)
 
     # -- loops
 
@@ -407,3 +404,25 @@ def _callback_location(callback: Any) -> CodeLocation | None:
     if code is None:
         return None
     return CodeLocation(os.path.abspath(code.co_filename), code.co_firstlineno, code.co_qualname)
+
+
+def _loops_running_elsewhere(own: Any) -> list[Any]:
+    """Selector loops running in other threads, found on those threads' stacks (a frame of
+    ``run_forever`` whose ``self`` is the loop). Scanning every object of the process with
+    ``gc.get_objects()`` cost tens of milliseconds per ``install()`` in a test process, and
+    grows with the heap; the stacks are a few frames per thread."""
+    me = threading.get_ident()
+    found: list[Any] = []
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        current: Any = frame
+        while current is not None:
+            if current.f_code.co_name == "run_forever":
+                loop = current.f_locals.get("self")
+                if isinstance(loop, base_events.BaseEventLoop) and loop is not own \
+                        and loop.is_running():
+                    found.append(loop)
+                    break
+            current = current.f_back
+    return found
