@@ -43,8 +43,8 @@ from _servers import Recorded, recorded, serve
 try:
     from aiohttp import ClientSession, web
 except ImportError:  # pragma: no cover - the message is the point
-    sys.exit("web_service.py needs aiohttp: pip install aiohttp "
-             "(or pip install -e '.[test]' in a checkout)")
+    sys.exit("web_service.py needs aiohttp: pip install 'looptrace[demos]' "
+             "(or pip install '.[demos]' in a checkout)")
 
 THRESHOLD_MS = 50
 BACKEND_DELAY_S = 0.150
@@ -192,8 +192,9 @@ def tracing_requests(endpoint: str) -> Iterator[None]:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         sys.exit(f"--otlp needs OpenTelemetry ({exc.name} is missing): "
-                 "pip install 'looptrace[otel]' opentelemetry-instrumentation-aiohttp-server")
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+                 "pip install 'looptrace[demos]'")
+    service = os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(
         OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", timeout=5)))
     trace.set_tracer_provider(provider)
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print("   looptrace: " + round_.record.verdict().replace("\n", "\n              "))
         print("              " + round_.record.loop_line())
     if endpoint:
-        print(f"\nSpans sent to {endpoint} as service {SERVICE_NAME!r}: in Jaeger "
+        service = os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME
+        print(f"\nSpans sent to {endpoint} as service {service!r}: in Jaeger "
               "(http://localhost:16686), open a GET /report trace; looptrace's block span "
               "sits inside the request it blocked.")
     return 0

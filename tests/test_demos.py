@@ -8,7 +8,9 @@ machine is shared.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import importlib
 import math
 import re
 import subprocess
@@ -18,6 +20,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+import looptrace
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMOS = ROOT / "demos"
@@ -43,8 +47,6 @@ def small_heap() -> Iterator[None]:
 
 
 def demo(name: str) -> ModuleType:
-    import importlib
-
     return importlib.import_module(name)
 
 
@@ -85,6 +87,21 @@ def test_async_blocking_read_is_the_hotspot_and_the_fixes_are_faster() -> None:
     assert blocking.loop.utilization > 0.8
     assert fully_async.loop is not None and fully_async.loop.utilization is not None
     assert fully_async.loop.utilization < 0.5
+
+
+def test_async_blocking_without_aiohttp_downloads_with_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed without aiohttp (as by the README's first command), the fully async
+    variant says so and downloads the same bytes with asyncio streams, never blocking."""
+    async_blocking = demo("async_blocking")
+    monkeypatch.setattr(async_blocking, "aiohttp", None)
+    assert "asyncio streams" in async_blocking.variants()[2][0]
+    servers = demo("_servers")
+    with (servers.paced_sites([servers.Site("only", 300_000, 3e6)]) as urls,
+          looptrace.installed(threshold_ms=50) as tracing):
+        size = asyncio.run(async_blocking.download_async(urls["only"]))
+    assert size == 300_000
+    assert tracing.snapshot().blocks == ()
 
 
 def test_busy_wait_burns_cpu_and_select_does_not() -> None:
