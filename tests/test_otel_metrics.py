@@ -10,7 +10,6 @@ from typing import Any
 
 import looptrace
 from looptrace.exporters._otel_metrics import LAG_BUCKETS_S, thin
-
 from otel_helpers import memory_otel
 
 
@@ -91,13 +90,12 @@ def test_metrics_are_read_off_the_loop_thread() -> None:
     import looptrace.exporters._otel_metrics as metrics_module
     metrics_module.thin = spy
     try:
-        with memory_otel() as otel:
-            with looptrace.installed(threshold_ms=20):
-                loop_thread = threading.Thread(
-                    target=lambda: asyncio.run(_one_block_and_some_waits()), name="loop-thread")
-                loop_thread.start()
-                loop_thread.join()
-                otel.metrics.get_metrics_data()
+        with memory_otel() as otel, looptrace.installed(threshold_ms=20):
+            loop_thread = threading.Thread(
+                target=lambda: asyncio.run(_one_block_and_some_waits()), name="loop-thread")
+            loop_thread.start()
+            loop_thread.join()
+            otel.metrics.get_metrics_data()
     finally:
         metrics_module.thin = original
     assert seen and "loop-thread" not in seen

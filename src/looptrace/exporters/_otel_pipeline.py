@@ -200,6 +200,16 @@ class BoundedSpanProcessor(SpanProcessor):
         self._drop(len(pending) - sent)
         _shutdown_exporter(final)
 
+    @property
+    def exporter(self) -> SpanExporter:
+        """The exporter the worker sends with."""
+        return self._exporter
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (e.g. a request to a silent collector)."""
+        return self._thread.is_alive()
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait (on the calling thread, never exporting on it) until the queue is empty."""
         deadline = time.monotonic() + timeout_millis / 1000

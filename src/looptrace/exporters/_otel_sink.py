@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -43,33 +44,40 @@ from ._spans import (
 
 logger = logging.getLogger("looptrace")
 
-_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
-                     "opentelemetry.exporter.otlp.proto.http.metric_exporter")
+_SPAN_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+_METRIC_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.metric_exporter"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _METRICS_EXIT_S = 0.25
+_MARGIN_S = 0.05
 
 
-class _QuietRepeats(logging.Filter):
-    """On looptrace's own threads, let the OTLP exporter say each kind of trouble once
-    (a collector that is down would otherwise log every retry of every batch); the spans
-    it could not send are counted in the report's ``dropped.spans``."""
+class _ExporterTrouble(logging.Filter):
+    """Keeps the complaints the OTLP exporters make on looptrace's own threads (a collector
+    that is down gets a warning per retry of every batch) out of the program's stderr.
+    The first is kept for the one line looptrace writes when it closes, if spans were lost.
+    Records from the application's own threads pass untouched."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: tuple[str, ...]) -> None:
         super().__init__()
-        self._seen: set[tuple[str, int]] = set()
+        self._threads = threads
+        self.first: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (record.threadName or "").startswith("looptrace-"):
+        if not (record.threadName or "").startswith(self._threads):
             return True
-        key = (record.name, record.levelno)
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
+        if self.first is None and record.levelno >= logging.WARNING:
+            self.first = record.getMessage()
+        return False
 
-
-_QUIET = _QuietRepeats()
-"""Installed once on the OTLP exporters' loggers; it only touches looptrace's threads."""
+    def reason(self) -> str:
+        """What went wrong, in a few words."""
+        text = self.first or ""
+        errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+        if errno:
+            return errno.group(0).strip()
+        if "timed out" in text.lower():
+            return "no answer in time"
+        return "unreachable" if text else "the export queue was full"
 
 
 class _RecorderLoops:
@@ -105,6 +113,8 @@ class OtelSink:
         self._own_tracer_provider: Any = None
         self._own_processor: Any = None
         self._own_meter_provider: Any = None
+        self._span_trouble: _ExporterTrouble | None = None
+        self._metric_trouble: _ExporterTrouble | None = None
         self._closed = False
         if options.otlp:
             self._build_own_pipeline(options.otlp if isinstance(options.otlp, str) else None,
@@ -123,12 +133,15 @@ class OtelSink:
 
         self._own_tracer_provider, self._own_processor = build_tracer_provider(
             endpoint, self._count_dropped_spans)
+        self._span_trouble = _ExporterTrouble(("looptrace-",))
+        logging.getLogger(_SPAN_EXPORTER_LOGGER).addFilter(self._span_trouble)
         if build_meter:
             self._own_meter_provider = build_meter_provider(endpoint)
-        for name in _EXPORTER_LOGGERS:
-            exporter_logger = logging.getLogger(name)
-            if _QUIET not in exporter_logger.filters:
-                exporter_logger.addFilter(_QUIET)
+            if self._own_meter_provider is not None:
+                # Only looptrace's meter provider exists while this filter is on.
+                self._metric_trouble = _ExporterTrouble(
+                    ("looptrace-", "OtelPeriodicExportingMetricReader"))
+                logging.getLogger(_METRIC_EXPORTER_LOGGER).addFilter(self._metric_trouble)
 
     def _count_dropped_spans(self, count: int) -> None:
         if self._recorder is not None:
@@ -218,17 +231,19 @@ class OtelSink:
 
     def _shutdown(self, deadline: float) -> None:
         try:
-            if self._metrics is not None:
-                self._metrics.close()
             if self._snapshot is not None and ("loops" in self._span_kinds
                                                or "tasks" in self._span_kinds):
                 self._emit(loop_and_task_records(self._snapshot(), self._span_kinds))
             if self._own_processor is not None:
-                # Most of the time left: what is not sent by then is counted as dropped.
-                left = max(deadline - time.monotonic() - _METRICS_EXIT_S, 0.05)
+                # Spans first, with most of the time: what is not sent by then is counted
+                # as dropped, early enough for the report to include it.
+                left = max(deadline - time.monotonic() - _METRICS_EXIT_S - _MARGIN_S, 0.05)
                 self._own_processor.shutdown(timeout_millis=left * 1000)
+                self._report_lost_spans()
             if self._own_tracer_provider is not None:
                 self._own_tracer_provider.shutdown()
+            if self._metrics is not None:
+                self._metrics.close()
             if self._own_meter_provider is not None:
                 # The last metrics get what is left, at most a quarter second: a collector
                 # that is down would otherwise hold the exit for the whole deadline.
@@ -237,6 +252,28 @@ class OtelSink:
         except Exception as exc:  # never raise at exit
             logger.warning("looptrace: closing the OpenTelemetry export failed: %s: %s",
                            type(exc).__name__, exc)
+        finally:
+            self._remove_filters()
+
+    def _report_lost_spans(self) -> None:
+        dropped = self._own_processor.dropped if self._own_processor is not None else 0
+        if not dropped or self._span_trouble is None:
+            return
+        endpoint = getattr(self._own_processor.exporter, "_endpoint", None) or "the collector"
+        logger.warning("looptrace: %d span%s not sent to %s (%s); the report counts them in "
+                       "dropped.spans", dropped, "" if dropped == 1 else "s", endpoint,
+                       self._span_trouble.reason())
+
+    def _remove_filters(self) -> None:
+        # A worker still waiting on a collector that never answers may complain later:
+        # its filter stays (it only ever touches looptrace's threads).
+        worker_done = self._own_processor is None or not self._own_processor.alive
+        if self._span_trouble is not None and worker_done:
+            logging.getLogger(_SPAN_EXPORTER_LOGGER).removeFilter(self._span_trouble)
+        reader_done = not any(t.name == "OtelPeriodicExportingMetricReader"
+                              for t in threading.enumerate())
+        if self._metric_trouble is not None and reader_done:
+            logging.getLogger(_METRIC_EXPORTER_LOGGER).removeFilter(self._metric_trouble)
 
 
 def _parent(trace_id: int | None, span_id: int | None) -> Context:
