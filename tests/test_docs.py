@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +86,13 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-_outputs: dict[str, tuple[int, str]] = {}
+_outputs: dict[str, tuple[int, str, float]] = {}
+_DEMO_BUDGET_S = 20.0
+"""Issue 4: every demo finishes in under 20 s on a 2-core machine."""
 
 
-def run(command: str, cwd: Path) -> tuple[int, str]:
-    """Run a transcript's command once per session; its status and merged output."""
+def run(command: str, cwd: Path) -> tuple[int, str, float]:
+    """Run a transcript's command once per session: its status, merged output, seconds."""
     if command not in _outputs:
         words = shlex.split(command)
         env = dict(os.environ)
@@ -99,10 +102,12 @@ def run(command: str, cwd: Path) -> tuple[int, str]:
         program = {"python": [sys.executable], "python3": [sys.executable],
                    "looptrace": [sys.executable, "-m", "looptrace"]}.get(words[0])
         assert program is not None, f"docs command {command!r}: unknown program {words[0]!r}"
+        started = time.perf_counter()
         completed = subprocess.run([*program, *words[1:]], cwd=cwd, env=env, timeout=120,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, check=False)
-        _outputs[command] = (completed.returncode, completed.stdout)
+        _outputs[command] = (completed.returncode, completed.stdout,
+                             time.perf_counter() - started)
     return _outputs[command]
 
 
@@ -114,9 +119,11 @@ def _ids() -> Iterator[str]:
 @pytest.mark.parametrize("transcript", transcripts(), ids=list(_ids()))
 def test_transcript_still_runs_and_shows_its_verdicts(transcript: Transcript,
                                                       scratch: Path) -> None:
-    """The command runs (exit 0, or 2 when the page shows a usage error) and its output
-    still has every verdict line the page shows, measurements aside."""
-    status, output = run(transcript.command, scratch)
+    """The command runs (exit 0, or 2 when the page shows a usage error; a demo in under
+    20 s) and its output still has every verdict line the page shows, measurements aside."""
+    status, output, seconds = run(transcript.command, scratch)
+    if "demos/" in transcript.command:
+        assert seconds < _DEMO_BUDGET_S, f"{transcript.command} took {seconds:.1f} s"
     shows_error = any(line.startswith("looptrace: error:") for line in transcript.shown)
     assert status == (2 if shows_error else 0), output
     actual = {mask(line) for line in output.splitlines()}
