@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 Mode = Literal["default", "full"]
 LogTarget = Literal["stdlib", "structlog"]
@@ -128,19 +129,47 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
 _OPTION_NAMES = tuple(f.name for f in fields(Options))
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` for an error message: short, and never an error itself (a huge
+    integer cannot be printed in full, and a broken ``__repr__`` must not hide the problem)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except Exception:  # any failure of a foreign __repr__
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _check_number(name: str, value: object, *, low: float, high: float, integer: bool) -> None:
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"looptrace: {name} must be {kind}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"looptrace: {name} must be {kind}, "
+                        f"got {type(value).__name__} {_shown(value)}")
     if integer and not isinstance(value, int):
-        raise TypeError(f"looptrace: {name} must be an integer, got {value!r}")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"looptrace: {name} must be between {low:g} and {high:g}, got {value!r}")
+        raise TypeError(f"looptrace: {name} must be an integer, got {_shown(value)}")
+    # Compared as they are: math.isfinite() of a huge int would raise OverflowError.
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+        raise ValueError(f"looptrace: {name} must be between {low:g} and {high:g}, "
+                         f"got {_shown(value)}")
+
+
+def _is_endpoint(text: str) -> bool:
+    """An http(s) URL with a host (and a valid port, if any): the exporter would fail
+    later, and far from the typo, on anything else."""
+    if any(c.isspace() or not c.isprintable() for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"looptrace: {name} must be True or False, got {value!r}")
+        raise TypeError(f"looptrace: {name} must be True or False, got {_shown(value)}")
 
 
 def validate(options: Options) -> Options:
@@ -148,7 +177,8 @@ def validate(options: Options) -> Options:
     _check_number("threshold_ms", options.threshold_ms, low=0.001, high=_MAX_THRESHOLD_MS,
                   integer=False)
     if options.mode not in ("default", "full"):
-        raise ValueError(f"looptrace: mode must be 'default' or 'full', got {options.mode!r}")
+        raise ValueError(f"looptrace: mode must be 'default' or 'full', "
+                         f"got {_shown(options.mode)}")
     _check_bool("probes", options.probes)
     if options.sample_interval_ms is not None:
         _check_number("sample_interval_ms", options.sample_interval_ms, low=0.1, high=10_000.0,
@@ -159,18 +189,16 @@ def validate(options: Options) -> Options:
     _check_number("buffer_size", options.buffer_size, low=16, high=_MAX_COUNT, integer=True)
     _check_bool("accelerator", options.accelerator)
     otlp = options.otlp
-    if not isinstance(otlp, bool):
-        if not isinstance(otlp, str) or not otlp.startswith(("http://", "https://")):
-            raise ValueError(
-                f"looptrace: otlp must be True, False or an http(s):// endpoint, got {otlp!r}"
-            )
+    if not isinstance(otlp, bool) and (not isinstance(otlp, str) or not _is_endpoint(otlp)):
+        raise ValueError("looptrace: otlp must be True, False or an http(s):// endpoint, "
+                         f"got {_shown(otlp)}")
     spans = options.otel_spans.split(",") if isinstance(options.otel_spans, str) else None
     if spans is None or "blocks" not in spans or not set(spans) <= {"blocks", "loops", "tasks"}:
         raise ValueError("looptrace: otel_spans must list 'blocks' and optionally 'loops' "
-                         f"and 'tasks', comma-separated, got {options.otel_spans!r}")
+                         f"and 'tasks', comma-separated, got {_shown(options.otel_spans)}")
     if options.log not in (None, "stdlib", "structlog"):
         raise ValueError(
-            f"looptrace: log must be None, 'stdlib' or 'structlog', got {options.log!r}"
+            f"looptrace: log must be None, 'stdlib' or 'structlog', got {_shown(options.log)}"
         )
     return options
 
@@ -186,7 +214,8 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         try:
             found[var.option] = var.parse(text)
         except ValueError as exc:
-            raise ValueError(f"looptrace: {var.name}={text!r} is not valid: {exc}") from None
+            raise ValueError(f"looptrace: {var.name}={_shown(text)} is not valid: {exc}"
+                             ) from None
     return found
 
 

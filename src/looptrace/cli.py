@@ -215,6 +215,8 @@ def _prepare_program(ns: argparse.Namespace) -> tuple[str, str]:
     script, *args = ns.program
     if not os.path.exists(script):
         raise UsageError(f"can't open file {script!r}: no such file")
+    if os.path.isdir(script) and not os.path.exists(os.path.join(script, "__main__.py")):
+        raise UsageError(f"can't find '__main__' module in {script!r}")
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     return "path", script
@@ -280,10 +282,19 @@ def report_command(ns: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     text = render(session, ns.format)
     if ns.output:
-        _write(ns.output, text)
+        try:
+            _write(ns.output, text)
+        except OSError as exc:  # a name too long, a full disk: checked too late to foresee
+            raise UsageError(f"cannot write {ns.output!r}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _one_line(text: str) -> str:
+    """An error message as one line: a newline or a control character in a file name or
+    an argument is shown escaped, never printed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     except UsageError as exc:
-        print(f"looptrace: error: {exc}", file=sys.stderr)
+        print(f"looptrace: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 1

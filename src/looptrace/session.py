@@ -208,6 +208,9 @@ class Session:
         except json.JSONDecodeError as exc:
             raise ReportError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                               f"column {exc.colno}); is the file truncated?") from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, [[[[...]]]]
+            raise ReportError(f"{source}: not a looptrace report ({type(exc).__name__}: "
+                              f"{str(exc)[:100]})") from None
         try:
             return cls.from_dict(data)
         except ReportError as exc:

@@ -107,28 +107,31 @@ class PythonSelectTimer:
             start = clock()
             ready = original(timeout)
             end = clock()
-            timer.select_calls += 1
-            timer.events += len(ready)
-            timer.io_wait_ns += end - start
-            last = timer.last_end_ns
-            if last:
-                busy = start - last
-                timer.busy_ns += busy
-                index = bucket_index(busy)
-                hist[index] = hist.get(index, 0) + 1
-                timer.max_busy_ns = max(timer.max_busy_ns, busy)
-                if busy >= timer.threshold_ns:
-                    timer.long_iterations += 1
-                    timer.on_long_iteration(last, start)
-            timer.last_end_ns = end
-            ring = timer._ring
-            if ring is not None:
-                i = (timer.ring_written % timer.ring_capacity) * 4
-                ring[i] = start
-                ring[i + 1] = end - start
-                ring[i + 2] = -1 if timeout is None else int(timeout * 1e9)
-                ring[i + 3] = len(ready)
-                timer.ring_written += 1
+            try:
+                timer.select_calls += 1
+                timer.events += len(ready)
+                timer.io_wait_ns += end - start
+                last = timer.last_end_ns
+                if last:
+                    busy = start - last
+                    timer.busy_ns += busy
+                    index = bucket_index(busy)
+                    hist[index] = hist.get(index, 0) + 1
+                    timer.max_busy_ns = max(timer.max_busy_ns, busy)
+                    if busy >= timer.threshold_ns:
+                        timer.long_iterations += 1
+                        timer.on_long_iteration(last, start)
+                timer.last_end_ns = end
+                ring = timer._ring
+                if ring is not None:
+                    i = (timer.ring_written % timer.ring_capacity) * 4
+                    ring[i] = start
+                    ring[i + 1] = end - start
+                    ring[i + 2] = -1 if timeout is None else int(timeout * 1e9)
+                    ring[i + 3] = len(ready)
+                    timer.ring_written += 1
+            except Exception:  # never into the loop; the tracer reports faults
+                timer.faults += 1
             return ready
 
         select.__wrapped__ = original  # type: ignore[attr-defined]

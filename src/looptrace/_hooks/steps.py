@@ -139,7 +139,10 @@ class PythonStepHook:
                 slot.start_ns = outer_start
                 if end - start >= hook.threshold_ns and hook.enabled:
                     slot.blocks += 1
-                    hook.on_long_step(handle, start, end, seq)
+                    try:
+                        hook.on_long_step(handle, start, end, seq)
+                    except Exception:  # never into the program; the tracer reports faults
+                        hook.faults += 1
 
         _run.__wrapped__ = original  # type: ignore[attr-defined]
         return _run
@@ -175,7 +178,7 @@ class FullStepHook(PythonStepHook, metaclass=ABCMeta):
             out.append((ring[i], ring[i + 1], ring[i + 2]))
         return out
 
-    def _build(self) -> Callable[[Any], Any]:
+    def _build(self) -> Callable[[Any], Any]:  # noqa: PLR0915 - the hot path, inlined
         hook = self
         original = self.original
         local = self._local
@@ -207,27 +210,30 @@ class FullStepHook(PythonStepHook, metaclass=ABCMeta):
                 end = clock()
                 slot.handle = outer_handle
                 slot.start_ns = outer_start
-                duration = end - start
-                callback = handle._callback
-                owner = getattr(callback, "__self__", None)
-                if owner.__class__ in task_types:
-                    key: Any = id(owner)
-                else:
-                    key = getattr(callback, "__qualname__", None) or type(callback)
-                oid = ids.get(key)
-                if oid is None:
-                    oid = register(key, owner, callback)
-                busy[oid] += duration
-                steps[oid] += 1
-                ring = slot.ring
-                i = (slot.ring_written % cap) * 3
-                ring[i] = start
-                ring[i + 1] = duration
-                ring[i + 2] = oid
-                slot.ring_written += 1
-                if duration >= hook.threshold_ns and hook.enabled:
-                    slot.blocks += 1
-                    hook.on_long_step(handle, start, end, seq)
+                try:
+                    duration = end - start
+                    callback = handle._callback
+                    owner = getattr(callback, "__self__", None)
+                    if owner.__class__ in task_types:
+                        key: Any = id(owner)
+                    else:
+                        key = getattr(callback, "__qualname__", None) or type(callback)
+                    oid = ids.get(key)
+                    if oid is None:
+                        oid = register(key, owner, callback)
+                    busy[oid] += duration
+                    steps[oid] += 1
+                    ring = slot.ring
+                    i = (slot.ring_written % cap) * 3
+                    ring[i] = start
+                    ring[i + 1] = duration
+                    ring[i + 2] = oid
+                    slot.ring_written += 1
+                    if duration >= hook.threshold_ns and hook.enabled:
+                        slot.blocks += 1
+                        hook.on_long_step(handle, start, end, seq)
+                except Exception:  # never into the program; the tracer reports faults
+                    hook.faults += 1
 
         _run.__wrapped__ = original  # type: ignore[attr-defined]
         return _run

@@ -20,6 +20,7 @@ Doors through which loops are found, whoever creates them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
@@ -75,6 +76,9 @@ class Tracer:
         self.gc_watch = GcWatch(max(threshold // 100, _MIN_PROBE_NS))
         self.policy = PolicyDoor(self._on_new_loop, lambda exc: recorder.fault("doors", exc))
         self.watchdog: Watchdog | None = None
+        self._timers_disabled = False
+        self._swallowed: dict[object, int] = {}  # errors the hooks caught, already reported
+        self._swallowed_lock = threading.Lock()
 
     # -- lifecycle
 
@@ -156,6 +160,7 @@ class Tracer:
         """Finalise blocks that ended but are not in the recorder yet."""
         if self.watchdog is not None:
             self.watchdog.finalize_pending()
+        self._report_swallowed_faults()
 
     # -- doors
 
@@ -244,6 +249,15 @@ class Tracer:
         if threading.active_count() > 1:
             for loop in _loops_running_elsewhere(own):
                 self._on_new_loop(loop)
+                # Its thread and step counter can only be read on its own thread (else it
+                # is recorded under the installing thread's name, with no steps).
+                with contextlib.suppress(RuntimeError):  # closed in the meantime
+                    loop.call_soon_threadsafe(self._on_loop_thread, loop)
+
+    def _on_loop_thread(self, loop: Any) -> None:
+        """Runs on ``loop``'s own thread, soon after install() found it running there."""
+        if self.active:
+            self._on_running_loop(None, loop)
 
     # -- loops
 
@@ -254,18 +268,19 @@ class Tracer:
             return record
         with self._attach_lock:
             record = self.recorder.loop_record(loop)
-            if record is not None:
+            if record is not None or not self.active:  # stop() released everything
                 return record
             selector = getattr(loop, "_selector", None)
             options = self.options
-            if isinstance(loop, base_events.BaseEventLoop) and is_real_selector(selector):
+            if isinstance(loop, base_events.BaseEventLoop) and is_real_selector(selector) \
+                    and not self._timers_disabled:  # after a select-timer fault: steps only
                 record = self.recorder.add_loop(
                     loop, f"selector:{type(selector).__name__}", SELECTOR_COVERAGE, ())
                 ring = options.buffer_size if options.mode == "full" else 0
                 assert selector is not None
                 method, timer = make_select_timer(
-                    selector, record.on_long_iteration, options.threshold_ns,
-                    accelerated=options.accelerator, ring_capacity=ring)
+                    selector, _guarded(record.on_long_iteration, "selector", self.recorder),
+                    options.threshold_ns, accelerated=options.accelerator, ring_capacity=ring)
                 selector.select = method
                 record.timer = timer
                 self._timers.append((weakref.ref(selector), method))
@@ -371,6 +386,7 @@ class Tracer:
             self.step_hook.enabled = 0
 
     def _disable_timers(self) -> None:
+        self._timers_disabled = True  # loops attached later too
         for record in self.recorder.loop_records():
             if record.timer is not None:
                 record.timer.enabled = 0
@@ -379,7 +395,25 @@ class Tracer:
         if self.probes is not None:
             self.probes.revert()
 
+    def _report_swallowed_faults(self) -> None:
+        """The step hook and select timers (C or Python) catch an error raised inside them
+        and count it, since they cannot log from the hot path: turn new counts into faults,
+        so the report shows them and the hook is switched off."""
+        counters: list[tuple[str, object, Any]] = [("steps", "steps", self.step_hook)]
+        counters.extend(("selector", record.loop_id, record.timer)
+                        for record in self.recorder.loop_records())
+        with self._swallowed_lock:
+            for hook, key, counter in counters:
+                count = int(getattr(counter, "faults", 0) or 0)
+                new = count - self._swallowed.get(key, 0)
+                if new > 0:
+                    self._swallowed[key] = count
+                    self.recorder.fault(hook, RuntimeError(
+                        f"an error inside the {hook} hook (caught and counted by the hook)"),
+                        new)
+
     def _housekeeping(self) -> None:
+        self._report_swallowed_faults()
         if self.probes is not None and self.active:
             self.probes.patch_available()
         alive = set(sys._current_frames())
@@ -392,6 +426,20 @@ class Tracer:
     def step_ring(self) -> Callable[[Any], list[tuple[int, int, int]]] | None:
         hook = self.step_hook
         return hook.ring if isinstance(hook, FullStepHook) else None
+
+
+def _guarded(callback: Callable[..., None], hook: str,
+             recorder: Recorder) -> Callable[..., None]:
+    """``callback`` for a hook to call from the hot path: an error in it is a fault of
+    ``hook`` (counted, logged once, hook disabled), never an error in the program."""
+
+    def call(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            recorder.fault(hook, exc)
+
+    return call
 
 
 def _callback_location(callback: Any) -> CodeLocation | None:

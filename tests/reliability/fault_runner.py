@@ -1,0 +1,80 @@
+"""Run a program under ``looptrace run`` with one fault injected inside looptrace.
+
+    python fault_runner.py FAULT [looptrace run arguments...]
+
+FAULT names an internal of looptrace that is replaced by a function that raises
+:class:`InjectedFault` (see ``_inject``). The exit status and the output are those of
+``looptrace run``, so a test can compare them with the program run on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class InjectedFault(RuntimeError):
+    """The error a fault-injection test plants inside looptrace."""
+
+
+def _raiser(name: str) -> Callable[..., Any]:
+    def fail(*args: object, **kwargs: object) -> Any:
+        raise InjectedFault(f"injected into {name}")
+
+    return fail
+
+
+def _failing_sink(options: Any) -> Any:
+    def listener(block: object) -> None:
+        raise InjectedFault("injected into the exporter's listener")
+
+    def close(timeout_s: float) -> None:
+        raise InjectedFault("injected into the exporter's close")
+
+    return ("failing-exporter", listener, close)
+
+
+def _inject(fault: str) -> None:
+    from looptrace import _recorder
+    from looptrace._hooks import probes, selector, tracer, watchdog
+    from looptrace.exporters import logs
+
+    if fault == "selector-callback":  # what the select timer calls back on a long iteration
+        _recorder.LoopRecord.on_long_iteration = _raiser(fault)  # type: ignore[method-assign]
+    elif fault == "selector-internal":  # inside the pure-Python select timer itself
+        selector.bucket_index = _raiser(fault)
+    elif fault == "steps-callback":  # what the step hook calls after a long step
+        tracer.Tracer.on_long_step = _raiser(fault)  # type: ignore[method-assign]
+    elif fault == "steps-internal":  # inside the long-step handling
+        tracer.task_of = _raiser(fault)
+    elif fault == "watchdog-sampling":
+        watchdog.locate = _raiser(fault)
+    elif fault == "watchdog-blocks":
+        watchdog.build_block = _raiser(fault)
+    elif fault == "probes":
+        probes.ProbeBuffer.record = _raiser(fault)  # type: ignore[method-assign]
+    elif fault == "exporter":
+        logs.live_sink = _failing_sink
+    elif fault == "doors":
+        tracer.Tracer.attach = _raiser(fault)  # type: ignore[method-assign]
+    elif fault != "none":
+        raise SystemExit(f"fault_runner: unknown fault {fault!r}")
+
+
+def main() -> int:
+    fault, *arguments = sys.argv[1:]
+    # As an application that configured logging would: looptrace's warnings reach this
+    # handler, marked so the test can tell them from the program's own output.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("LOGGED %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("looptrace").addHandler(handler)
+    _inject(fault)
+    from looptrace.cli import main as looptrace_main
+
+    return looptrace_main(["run", *arguments])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
