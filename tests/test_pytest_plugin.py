@@ -1,8 +1,8 @@
 """The pytest plugin, exercised through real inner pytest runs (``pytester``).
 
 Blocks are real: a test module blocks its loop with ``time.sleep`` (a probed call) or a
-CPU loop, and the plugin must name the site. Timings are generous: blocks last 80 ms and
-budgets are 30 ms.
+CPU loop, and the plugin must name the site. Timings are generous (the machine may be
+busy): blocks last 150 ms and budgets are 60 ms.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 
 
 def legacy_read():
-    time.sleep(0.08)  # the blocking line
+    time.sleep(0.15)  # the blocking line
 
 
 @pytest.mark.asyncio
@@ -63,10 +63,10 @@ def test_blocking_test_fails_and_names_the_block(project: pytest.Pytester) -> No
     """With a budget, a test whose loop blocked longer fails; the message names the site
     (file:line and function), the call, the duration and the task."""
     project.makepyfile(test_app=BLOCKING)
-    result = project.runpytest("--looptrace-max-block-ms", "30")
+    result = project.runpytest("--looptrace-max-block-ms", "60")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
-        "*looptrace: the event loop was blocked longer than the 30 ms budget (1 block):",
+        "*looptrace: the event loop was blocked longer than the 60 ms budget (1 block):",
         "*1. * ms  time.sleep",
         f"*at test_app.py:{SLEEP_LINE} in legacy_read",
         "*task Task-* (test_blocks)",
@@ -88,7 +88,7 @@ def test_same_test_passes_without_looptrace(project: pytest.Pytester) -> None:
 def test_ini_options(project: pytest.Pytester) -> None:
     """looptrace_max_block_ms in the ini file sets the budget like the option; a value that
     is not a number is a usage error naming the setting."""
-    project.makeini(INI + "looptrace_max_block_ms = 30\n")
+    project.makeini(INI + "looptrace_max_block_ms = 60\n")
     project.makepyfile(test_app=BLOCKING)
     project.runpytest().assert_outcomes(passed=1, failed=1)
     project.makeini(INI + "looptrace_max_block_ms = fast\n")
@@ -105,25 +105,23 @@ def test_marker_sets_budget_for_one_test_with_strict_markers(project: pytest.Pyt
         import pytest
 
         @pytest.mark.asyncio
-        @pytest.mark.looptrace(max_block_ms=30)
+        @pytest.mark.looptrace(max_block_ms=60)
         async def test_guarded():
-            time.sleep(0.08)
+            time.sleep(0.15)
 
         @pytest.mark.asyncio
         async def test_unguarded():
-            time.sleep(0.08)
+            time.sleep(0.15)
 
         @pytest.mark.asyncio
         @pytest.mark.looptrace(max_block_ms=500)
         async def test_generous():
-            time.sleep(0.08)
+            time.sleep(0.15)
     """)
     result = project.runpytest("--strict-markers", "-rf")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_app.py::test_guarded - Failed: looptrace*"])
-    # test_generous records blocks from 100 ms (the default threshold): the 80 ms one is
-    # below it.
-    result.stdout.fnmatch_lines(["*recorded 2 tests; 1 block of the loop in 1 test; "
+    result.stdout.fnmatch_lines(["*recorded 2 tests; 2 blocks of the loop in 2 tests; "
                                  "1 over budget"])
 
 
@@ -136,10 +134,10 @@ def test_marker_allow_exempts_calls_sites_and_functions(project: pytest.Pytester
         import pytest
 
         def legacy_read():
-            time.sleep(0.08)
+            time.sleep(0.15)
 
         def crunch():
-            deadline = time.perf_counter() + 0.08
+            deadline = time.perf_counter() + 0.15
             while time.perf_counter() < deadline:
                 pass
 
@@ -164,7 +162,7 @@ def test_marker_allow_exempts_calls_sites_and_functions(project: pytest.Pytester
             legacy_read()
     """)
     report = project.path / "out" / "run.json"
-    result = project.runpytest("--looptrace-max-block-ms", "30", "--looptrace-report",
+    result = project.runpytest("--looptrace-max-block-ms", "60", "--looptrace-report",
                                str(report))
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines([
@@ -212,13 +210,13 @@ def test_fixture_gives_the_recording(project: pytest.Pytester,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The looptrace_report fixture turns recording on and shows the test its blocks as
     they are found, with the site of each (threshold from LOOPTRACE_THRESHOLD_MS)."""
-    monkeypatch.setenv("LOOPTRACE_THRESHOLD_MS", "30")
+    monkeypatch.setenv("LOOPTRACE_THRESHOLD_MS", "60")
     project.makepyfile(test_app="""
         import asyncio, time
         import pytest
 
         def legacy_read():
-            time.sleep(0.08)
+            time.sleep(0.15)
 
         @pytest.mark.asyncio
         async def test_sees_its_block(looptrace_report):
@@ -227,7 +225,7 @@ def test_fixture_gives_the_recording(project: pytest.Pytester,
             (block,) = looptrace_report.blocks
             assert block.call == "time.sleep"
             assert block.site.function == "legacy_read" and block.site.line == 5
-            assert 70 <= block.duration_ms < 1000
+            assert 140 <= block.duration_ms < 2000
             assert looptrace_report.max_block_ms == block.duration_ms
             assert looptrace_report.budget_ms is None
             assert looptrace_report.hotspots[0].count == 1
@@ -246,7 +244,7 @@ import pytest
 
 
 def legacy_read():
-    time.sleep(0.08)
+    time.sleep(0.15)
 
 
 @pytest.mark.asyncio(loop_scope="{scope}")
@@ -297,12 +295,12 @@ def test_pytest_asyncio_loop_scopes(project: pytest.Pytester, mode: str) -> None
         @pytest.mark.asyncio(loop_scope="class")
         class TestShared:
             async def test_blocks_class(self):
-                time.sleep(0.08)
+                time.sleep(0.15)
 
             async def test_fast_class(self):
                 await asyncio.sleep(0.005)
     """)
-    result = project.runpytest("--looptrace-max-block-ms", "30", "-o", f"asyncio_mode={mode}",
+    result = project.runpytest("--looptrace-max-block-ms", "60", "-o", f"asyncio_mode={mode}",
                                "-p", "no:randomly")
     result.assert_outcomes(passed=5, failed=9)
     failed = {line.split(" ")[1] for line in result.outlines if line.startswith("FAILED")}
@@ -324,7 +322,7 @@ def test_user_loop_factories(project: pytest.Pytester) -> None:
             return {"app": AppLoop, "uvloop": uvloop.new_event_loop}
     """)
     project.makepyfile(test_app=BLOCKING)
-    result = project.runpytest("--looptrace-max-block-ms", "30", "-rf")
+    result = project.runpytest("--looptrace-max-block-ms", "60", "-rf")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines_random([
         "FAILED test_app.py::test_blocks[[]app[]] - Failed: looptrace*",
@@ -341,7 +339,7 @@ def test_without_pytest_asyncio(project: pytest.Pytester) -> None:
         import asyncio, time
 
         def legacy_read():
-            time.sleep(0.08)
+            time.sleep(0.15)
 
         async def handler():
             legacy_read()
@@ -352,7 +350,7 @@ def test_without_pytest_asyncio(project: pytest.Pytester) -> None:
         def test_runs_a_fast_loop():
             asyncio.run(asyncio.sleep(0.005))
     """)
-    result = project.runpytest("-p", "no:asyncio", "--looptrace-max-block-ms", "30")
+    result = project.runpytest("-p", "no:asyncio", "--looptrace-max-block-ms", "60")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*at test_app.py:4 in legacy_read", "*task Task-* (handler)"])
 
@@ -361,7 +359,7 @@ def test_report_files(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch)
     """--looptrace-report writes the run's JSON report (readable by looptrace.Session.load,
     one loop per recorded test, blocks at one site in several tests summed into one
     hotspot) and the HTML report beside it."""
-    monkeypatch.setenv("LOOPTRACE_THRESHOLD_MS", "30")
+    monkeypatch.setenv("LOOPTRACE_THRESHOLD_MS", "60")
     project.makepyfile(test_app=BLOCKING + textwrap.dedent("""
 
         @pytest.mark.asyncio
@@ -404,6 +402,6 @@ def test_records_inside_an_existing_installation(project: pytest.Pytester) -> No
             import looptrace
             assert looptrace.is_installed()
     """))
-    result = project.runpytest("--looptrace-max-block-ms", "30")
+    result = project.runpytest("--looptrace-max-block-ms", "60")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([f"*at test_app.py:{SLEEP_LINE} in legacy_read"])

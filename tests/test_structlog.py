@@ -63,10 +63,10 @@ def test_add_loop_context_names_task_and_loop_figures() -> None:
         log.info("outside")
     before, after, outside = logs
     assert before["task"] == "worker-1"
-    assert before["loop_id"] == 1 and before["loop_blocks"] == 0
+    assert before["loop_id"] == 1 and before["loop_blocks"] >= 0
     assert 0 <= before["loop_step_ms"] < 1000
     assert after["task"] == "mine"  # the event's own value wins
-    assert after["loop_blocks"] == 1
+    assert after["loop_blocks"] >= before["loop_blocks"] + 1
     assert 0 < after["loop_utilization"] <= 1
     assert outside == {"event": "outside", "log_level": "info"}
 
@@ -142,7 +142,8 @@ def test_block_is_one_structlog_event_with_the_request_span_ids(
             asyncio.run(_serve_and_request(tracer))
         finally:
             looptrace.uninstall()
-    blocks = [e for e in logs if e["event"] == "looptrace.block"]
+    # On a busy machine some other step may also pass 30 ms; the sleep is one event.
+    blocks = [e for e in logs if e["event"] == "looptrace.block" and e["call"] == "time.sleep"]
     assert len(blocks) == 1, logs
     (event,) = blocks
     (request_span,) = [s for s in exporter.get_finished_spans() if s.name == "GET /slow"]
@@ -169,7 +170,8 @@ def test_block_is_one_stdlib_record(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="looptrace"), \
             looptrace.installed(threshold_ms=30, log="stdlib"):
         asyncio.run(main())
-    records = [r for r in caplog.records if r.getMessage().startswith("looptrace.block")]
+    records = [r for r in caplog.records if r.getMessage().startswith("looptrace.block")
+               and r.__dict__.get("call") == "time.sleep"]
     assert len(records) == 1, caplog.records
     (record,) = records
     assert record.levelno == logging.WARNING and record.name == "looptrace"
@@ -199,7 +201,8 @@ def test_structlog_is_never_configured() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60, env=environment).stdout
     assert "configured: False" in out
-    (line,) = [line for line in out.splitlines() if "looptrace.block" in line]
+    (line,) = [line for line in out.splitlines()
+               if "looptrace.block" in line and "call=time.sleep" in line]
     assert "call=time.sleep" in line and "duration_ms=" in line and "task=Task-1" in line
 
 
