@@ -24,6 +24,23 @@ import tools
 import workloads
 
 
+def _helper_threads_cpu_ms() -> dict[str, float]:
+    """CPU time used so far by the tracers' own threads (looptrace's watchdog, the
+    benchmark's full-mode sink...), from /proc, by thread name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[thread.name] = (int(fields[11]) + int(fields[12])) * 1000 / ticks
+    return out
+
+
 def _memory() -> dict[str, Any]:
     with open("/proc/self/statm") as f:
         rss_pages = int(f.read().split()[1])
@@ -118,6 +135,7 @@ def main() -> None:
                               "malloc_pinned": tools.pinned_malloc_active()}
     # Memory while the workload ran (the tool still installed, its report not built yet).
     result.update(_memory())
+    result["helper_threads_cpu_ms"] = _helper_threads_cpu_ms()
     result["tool_figures"] = tool.finish()
     result["peak_rss_with_report_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if trace is not None:

@@ -178,6 +178,11 @@ def render(document: dict[str, Any]) -> str:
             (lambda v: f"{v:.2f} ms") if row["metric"].endswith("_ms") else _ns)
         lines.append(f"| {row['label']} | {row['n']} | {fmt(row['min'])} | "
                      f"{fmt(row['median'])} | {fmt(row['max'])} | {row['spread'] * 100:.0f}% |")
+    if document.get("failures"):
+        lines.append("")
+        lines.append(f"{len(document['failures'])} cells failed and are left out: "
+                     + "; ".join(f"{f['workload']}/{f['tool']} (pair {f['pair'] + 1})"
+                                 for f in document["failures"]) + ".")
     verdicts = budget_verdicts(document)
     if verdicts:
         lines.append("")
