@@ -45,10 +45,20 @@ _VERDICT = re.compile(r"^\s*(looptrace: |\d+\. (blocking-call|slow-step) |at \S+
 
 
 @dataclass(frozen=True)
-class Transcript:
-    page: Path
+class Step:
+    """One ``$ command`` of a transcript and the lines shown after it."""
+
     command: str
     shown: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One console block: its commands run in order (a later one may read what an earlier
+    one wrote)."""
+
+    page: Path
+    steps: tuple[Step, ...]
 
 
 def transcripts() -> list[Transcript]:
@@ -57,15 +67,18 @@ def transcripts() -> list[Transcript]:
         for language, body in _FENCE.findall(page.read_text(encoding="utf-8")):
             if language != "console":
                 continue
+            steps: list[Step] = []
             command: str | None = None
             shown: list[str] = []
             for line in [*body.splitlines(), "$ "]:
                 if line.startswith("$ "):
                     if command:
-                        found.append(Transcript(page, command, tuple(shown)))
+                        steps.append(Step(command, tuple(shown)))
                     command, shown = line[2:].strip(), []
                 else:
                     shown.append(line)
+            if steps:
+                found.append(Transcript(page, tuple(steps)))
     return found
 
 
@@ -113,26 +126,27 @@ def run(command: str, cwd: Path) -> tuple[int, str, float]:
 
 def _ids() -> Iterator[str]:
     for transcript in transcripts():
-        yield f"{transcript.page.relative_to(ROOT)}: {transcript.command}"
+        yield f"{transcript.page.relative_to(ROOT)}: {transcript.steps[0].command}"
 
 
 @pytest.mark.parametrize("transcript", transcripts(), ids=list(_ids()))
 def test_transcript_still_runs_and_shows_its_verdicts(transcript: Transcript,
                                                       scratch: Path) -> None:
-    """The command runs (exit 0, or 2 when the page shows a usage error; a demo in under
+    """Each command runs (exit 0, or 2 when the page shows a usage error; a demo in under
     20 s) and its output still has every verdict line the page shows, measurements aside."""
-    status, output, seconds = run(transcript.command, scratch)
-    if "demos/" in transcript.command:
-        assert seconds < _DEMO_BUDGET_S, f"{transcript.command} took {seconds:.1f} s"
-    shows_error = any(line.startswith("looptrace: error:") for line in transcript.shown)
-    assert status == (2 if shows_error else 0), output
-    actual = {mask(line) for line in output.splitlines()}
-    verdicts = [line for line in transcript.shown if _VERDICT.match(line)]
-    missing = [line for line in verdicts if mask(line) not in actual]
-    assert not missing, f"no longer printed: {missing}\n--- output:\n{output}"
+    for step in transcript.steps:
+        status, output, seconds = run(step.command, scratch)
+        if "demos/" in step.command:
+            assert seconds < _DEMO_BUDGET_S, f"{step.command} took {seconds:.1f} s"
+        shows_error = any(line.startswith("looptrace: error:") for line in step.shown)
+        assert status == (2 if shows_error else 0), f"{step.command}:\n{output}"
+        actual = {mask(line) for line in output.splitlines()}
+        verdicts = [line for line in step.shown if _VERDICT.match(line)]
+        missing = [line for line in verdicts if mask(line) not in actual]
+        assert not missing, f"{step.command}: no longer printed: {missing}\n--- output:\n{output}"
 
 
-def test_every_page_has_a_transcript_or_is_reference() -> None:
+def test_teaching_pages_show_real_runs() -> None:
     """The pages that teach by example (getting started, every demo) show real runs."""
     with_transcripts = {t.page for t in transcripts()}
     for page in [DOCS / "getting-started.md", *sorted((DOCS / "demos").glob("*.md"))]:
