@@ -47,7 +47,7 @@ def test_loop_metrics_are_exported() -> None:
     # Every iteration but the first of each run_until_complete (asyncio.run makes three).
     assert loop.iterations - 3 <= lag.count < loop.iterations
     assert 0.025 <= lag.max <= 0.04
-    assert lag.bucket_counts[LAG_BUCKETS_S.index(0.025) + 1] == 1  # the block: 25-50 ms
+    assert lag.bucket_counts[LAG_BUCKETS_S.index(0.025) + 1] >= 1  # the block: 25-50 ms
     states = {p.attributes["looptrace.eventloop.state"]: p.value
               for p in points["looptrace.eventloop.time"]}
     assert abs(states["busy"] * 1000 - loop.busy_ms) < 1
@@ -57,9 +57,11 @@ def test_loop_metrics_are_exported() -> None:
     (iterations,) = points["looptrace.eventloop.iterations"]
     assert iterations.value == loop.iterations
     assert iterations.attributes == {"looptrace.loop.id": loop.id, "thread.name": loop.thread}
-    (blocks,) = points["looptrace.eventloop.blocks"]
+    (blocks,) = [p for p in points["looptrace.eventloop.blocks"]
+                 if p.attributes.get("looptrace.call") == "time.sleep"]
     assert blocks.value == 1
     assert blocks.attributes == {"looptrace.kind": "blocking-call", "looptrace.call": "time.sleep"}
+    assert sum(p.value for p in points["looptrace.eventloop.blocks"]) == loop.blocks
 
 
 def test_a_second_installation_reports_through_the_same_instruments() -> None:
@@ -73,7 +75,8 @@ def test_a_second_installation_reports_through_the_same_instruments() -> None:
             asyncio.run(_one_block_and_some_waits())
             asyncio.run(_one_block_and_some_waits())
         points = _points(otel.metrics.get_metrics_data())
-    assert sum(p.value for p in points["looptrace.eventloop.blocks"]) == 3
+    assert sum(p.value for p in points["looptrace.eventloop.blocks"]
+               if p.attributes.get("looptrace.call") == "time.sleep") == 3
     assert {p.attributes["looptrace.loop.id"] for p in points["looptrace.eventloop.iterations"]
             } == {1, 2}
 

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Inheritance class _InstrumentedApplication:DeprecationWarning")
 
 
-def _block_spans(spans: list[ReadableSpan]) -> list[ReadableSpan]:
-    return sorted((s for s in spans if s.name == "looptrace.block"),
+def _block_spans(spans: list[ReadableSpan], call: str | None = None) -> list[ReadableSpan]:
+    """The block spans (of one blocking call). Tests pick their blocks by call: on a busy
+    machine, a step that lost the CPU for long enough is a real block too."""
+    return sorted((s for s in spans if s.name == "looptrace.block"
+                   and (call is None or dict(s.attributes or {}).get("looptrace.call") == call)),
                   key=lambda s: s.start_time or 0)
 
 
@@ -48,11 +51,11 @@ def test_block_spans_are_children_of_the_aiohttp_request_span(slow_http_server: 
         session = tracing.snapshot()
         spans = otel.finished()
     servers = {s.context.span_id: s for s in spans if s.kind is SpanKind.SERVER}
-    blocks = _block_spans(spans)
-    assert len(blocks) == len(session.blocks) == 2
+    assert len(_block_spans(spans)) == len(session.blocks), "one span per block"
     expected = [("time.sleep", line_of(APP_FILE, "# BLOCK: sleep"), "/sleep"),
                 ("http.client.HTTPResponse.read", line_of(APP_FILE, "# BLOCK: read"), "/read")]
-    for span, (call, line, path) in zip(blocks, expected, strict=True):
+    for call, line, path in expected:
+        (span,) = _block_spans(spans, call)
         assert span.kind is SpanKind.INTERNAL
         assert span.parent is not None, "the block span has the request's span as parent"
         server = servers[span.parent.span_id]
@@ -86,8 +89,9 @@ def test_span_times_are_the_recorded_block_times() -> None:
         with looptrace.installed(threshold_ms=20) as tracing:
             asyncio.run(main())
         session = tracing.snapshot()
-        blocks = _block_spans(otel.finished())
-    assert len(blocks) == len(session.blocks) == 2
+        assert len(_block_spans(otel.finished())) == len(session.blocks)
+        blocks = _block_spans(otel.finished(), "time.sleep")
+    assert len(blocks) == 2
     for span in blocks:
         event = _matching_event(span, session)
         assert span.end_time is not None and span.start_time is not None
@@ -106,7 +110,7 @@ def test_a_block_outside_any_span_starts_its_own_trace() -> None:
     with memory_otel() as otel:
         with looptrace.installed(threshold_ms=20):
             asyncio.run(main())
-        blocks = _block_spans(otel.finished())
+        blocks = _block_spans(otel.finished(), "time.sleep")
     assert len(blocks) == 1
     assert blocks[0].parent is None
     assert dict(blocks[0].attributes or {})["looptrace.task"].startswith("Task-")
@@ -117,8 +121,9 @@ def test_a_clean_program_makes_no_spans() -> None:
     async def main() -> None:
         await asyncio.gather(*(asyncio.sleep(0.01) for _ in range(50)))
 
+    # 200 ms: well above what a busy machine's scheduler can take from a step.
     with memory_otel() as otel:
-        with looptrace.installed(threshold_ms=50) as tracing:
+        with looptrace.installed(threshold_ms=200) as tracing:
             asyncio.run(main())
         assert tracing.snapshot().blocks == ()
         assert otel.finished() == []
@@ -152,7 +157,7 @@ def test_spans_are_never_made_on_the_loop_thread() -> None:
             loop_thread = threading.Thread(target=run_loop, name="the-loop-thread")
             loop_thread.start()
             loop_thread.join()
-        assert len(otel.finished("looptrace.block")) == 3
+        assert len(_block_spans(otel.finished(), "time.sleep")) == 3
     assert recorder.threads == {"looptrace-dispatch"}
 
 
@@ -172,6 +177,7 @@ def test_loop_and_task_spans_are_opt_in() -> None:
         with looptrace.installed(threshold_ms=20):
             asyncio.run(main())
         assert {s.name for s in otel.finished()} == {"looptrace.block"}
+        assert len(_block_spans(otel.finished(), "time.sleep")) == 2
     with memory_otel() as otel:
         with looptrace.installed(threshold_ms=20, mode="full", otel_spans="blocks,loops,tasks"):
             asyncio.run(main())
@@ -180,7 +186,7 @@ def test_loop_and_task_spans_are_opt_in() -> None:
                  for s in otel.finished("looptrace.task")}
     assert len(loops) == 1
     loop_attributes = dict(loops[0].attributes or {})
-    assert loop_attributes["looptrace.blocks"] == 2
+    assert loop_attributes["looptrace.blocks"] >= 2
     assert 0 < loop_attributes["looptrace.utilization"] <= 1
     for name in ("worker-a", "worker-b"):
         task = tasks[name]
@@ -188,7 +194,7 @@ def test_loop_and_task_spans_are_opt_in() -> None:
         attributes = dict(task.attributes or {})
         assert attributes["looptrace.steps"] >= 4
         assert attributes["looptrace.busy_ms"] >= 30
-        assert attributes["looptrace.blocks"] == 1
+        assert attributes["looptrace.blocks"] >= 1
 
 
 @pytest.mark.parametrize("value", ["loops", "blocks,spans", "", 3])

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,23 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
     return {tag["key"]: tag["value"] for tag in span["tags"]}
 
 
-def _wait_for_traces(jaeger: Jaeger, service: str, blocks: int) -> list[dict[str, Any]]:
-    """Poll /api/traces until ``blocks`` looptrace.block spans of ``service`` arrived
+def _is_block(span: dict[str, Any], calls: Iterable[str] = LINES) -> bool:
+    """A block span of one of ``calls``: tests pick their blocks by call, since on a busy
+    machine a step that lost the CPU for long enough is a real block too."""
+    return (span["operationName"] == "looptrace.block"
+            and _tags(span).get("looptrace.call") in set(calls))
+
+
+def _wait_for_traces(jaeger: Jaeger, service: str, blocks: int,
+                     calls: Iterable[str] = LINES) -> list[dict[str, Any]]:
+    """Poll /api/traces until ``blocks`` block spans of ``calls`` from ``service`` arrived
     (ingestion is asynchronous: a batch processor sits in Jaeger's pipeline)."""
     deadline = time.monotonic() + _ARRIVAL_TIMEOUT_S
     query = urllib.parse.urlencode({"service": service, "limit": 100})
     while True:
         status, body = jaeger.get(f"/api/traces?{query}")
         traces = body["data"] if status == 200 and body and body["data"] else []
-        found = sum(1 for t in traces for s in t["spans"]
-                    if s["operationName"] == "looptrace.block")
+        found = sum(1 for t in traces for s in t["spans"] if _is_block(s, calls))
         if found >= blocks:
             return list(traces)
         if time.monotonic() > deadline:
@@ -71,7 +79,7 @@ def _check_blocks_under_requests(traces: list[dict[str, Any]]) -> dict[str, dict
     for trace in traces:
         spans = {s["spanID"]: s for s in trace["spans"]}
         for span in trace["spans"]:
-            if span["operationName"] != "looptrace.block":
+            if not _is_block(span):
                 continue
             tags = _tags(span)
             (reference,) = span["references"]
@@ -118,14 +126,17 @@ def test_instrumented_service_blocks_are_children_of_request_spans(
     # The same through the v3 (OTLP-shaped) API: parentSpanId is the server span's.
     spans = _v3_spans(jaeger, service)
     servers = {s["spanId"]: s for s in spans if s["kind"] == 2}  # SPAN_KIND_SERVER
-    v3_blocks = [s for s in spans if s["name"] == "looptrace.block"]
-    assert len(v3_blocks) == 2
-    for span in v3_blocks:
+    calls = []
+    for span in (s for s in spans if s["name"] == "looptrace.block"):
+        attributes = {a["key"]: a["value"] for a in span["attributes"]}
+        call = attributes.get("looptrace.call", {}).get("stringValue")
+        if call not in LINES:
+            continue
+        calls.append(call)
         parent = servers[span["parentSpanId"]]
         assert parent["traceId"] == span["traceId"]
-        attributes = {a["key"]: a["value"] for a in span["attributes"]}
-        call = attributes["looptrace.call"]["stringValue"]
         assert int(attributes["code.line.number"]["intValue"]) == LINES[call]
+    assert sorted(calls) == sorted(LINES)
 
 
 def test_jaeger_json_file_holds_the_spans_jaeger_received(
@@ -152,7 +163,8 @@ def test_jaeger_json_file_holds_the_spans_jaeger_received(
             assert set(span) >= {"traceID", "spanID", "operationName", "references",
                                  "startTime", "duration", "tags", "logs", "processID"}
             assert span["processID"] in trace["processes"]
-            written[_tags(span)["looptrace.call"]] = span
+            if _is_block(span):
+                written[_tags(span)["looptrace.call"]] = span
     assert set(written) == set(stored)
     for call, span in written.items():
         live = stored[call]
@@ -193,19 +205,20 @@ def test_looptrace_own_pipeline_reaches_jaeger(jaeger: Jaeger, tmp_path: Path) -
         env.pop(name)  # --otlp names the endpoint
     _run([sys.executable, "-m", "looptrace", "run", "--quiet", "--mode", "full",
           "--threshold-ms", "20", "--otlp", jaeger.otlp_endpoint, str(script)], env)
-    traces = _wait_for_traces(jaeger, service, blocks=2)
+    sleeps = ("time.sleep",)
+    traces = _wait_for_traces(jaeger, service, blocks=2, calls=sleeps)
     spans = [s for t in traces for s in t["spans"]]
-    for span in (s for s in spans if s["operationName"] == "looptrace.block"):
+    for span in (s for s in spans if _is_block(s, sleeps)):
         assert span["references"] == []
         assert _tags(span)["code.line.number"] == 4
     deadline = time.monotonic() + _ARRIVAL_TIMEOUT_S
     while not any(s["operationName"] == "looptrace.loop" for s in spans):
         assert time.monotonic() < deadline, "no looptrace.loop span reached Jaeger"
         time.sleep(0.2)
-        spans = [s for t in _wait_for_traces(jaeger, service, 2) for s in t["spans"]]
+        spans = [s for t in _wait_for_traces(jaeger, service, 2, sleeps) for s in t["spans"]]
     (loop,) = [s for s in spans if s["operationName"] == "looptrace.loop"]
     tasks = {_tags(s)["looptrace.task"]: s for s in spans
              if s["operationName"] == "looptrace.task"}
     for name in ("w1", "w2"):
         assert tasks[name]["references"][0]["spanID"] == loop["spanID"]
-    assert _tags(loop)["looptrace.blocks"] == 2
+    assert _tags(loop)["looptrace.blocks"] >= 2
