@@ -1,0 +1,56 @@
+"""A long run: 10 million steps, a million of them blocks over a tiny threshold. Memory
+stays flat (ring buffers and capped aggregates hold), the report stays small, and every
+figure the report gives adds up: nothing is lost that the report claims to hold.
+
+One run per Python version, about 1.5 minutes on an idle machine (more when it is busy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reliability_helpers import PROGRAMS, run_python
+
+STEPS = 10_000_000
+BLOCKS = 1_000_000
+THRESHOLD_MS = 0.01  # 10 µs: a plain step takes 1-3 µs
+SPIN_US = 12
+MAX_BLOCKS_KEPT = 1000  # the default max_blocks
+
+
+def test_ten_million_steps_and_a_million_blocks(tmp_path: Path) -> None:
+    """RSS flat from the first fifth of the run to its end; a report under 2 MB; steps,
+    selects, blocks, hotspots, kept blocks and drop counters all agree."""
+    report_path = tmp_path / "long.json"
+    result = run_python([str(PROGRAMS / "long_run.py"), str(STEPS), str(BLOCKS),
+                         str(THRESHOLD_MS), str(SPIN_US), str(report_path)], timeout=900)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    print(run)
+    assert run["blocks"] == BLOCKS
+
+    rss = run["rss_mb"]
+    assert len(rss) == 10
+    assert max(rss[2:]) - rss[1] < 4, f"memory grew: {rss} MB"
+    assert rss[-1] - rss[4] < 2, f"memory grew: {rss} MB"
+
+    assert report_path.stat().st_size < 2_000_000
+    report = json.loads(report_path.read_text())
+    assert report["faults"] == []
+    (loop,) = report["loops"]
+    assert STEPS <= loop["steps"] <= STEPS + 100
+    assert loop["select_calls"] >= STEPS
+    # Every forced block, plus the steps a busy machine stretched past 10 µs.
+    assert loop["blocks"] >= BLOCKS
+    assert loop["block_ms"] >= BLOCKS * SPIN_US / 1000
+    dropped = report["dropped"]
+    assert sum(h["count"] for h in report["hotspots"]) + dropped.get("sites", 0) \
+        == loop["blocks"]
+    assert len(report["blocks"]) == MAX_BLOCKS_KEPT
+    assert dropped["blocks"] == loop["blocks"] - MAX_BLOCKS_KEPT
+    rows = report["tasks"]["rows"]
+    assert sum(row["blocks"] for row in rows) + dropped.get("tasks", 0) == loop["blocks"]
+    # The spinning task's blocks are all there, under its coroutine.
+    (task,) = [row for row in rows if row["coroutine"] == "run"]
+    assert task["blocks"] >= BLOCKS
