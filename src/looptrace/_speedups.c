@@ -72,6 +72,22 @@ restore_error(saved_error *s)
 #endif
 }
 
+/* Our Python callback failed. An Exception is looptrace's own fault: count it and clear it.
+ * Anything else (KeyboardInterrupt, SystemExit) was raised by the program's signal handler
+ * while our code happened to run: it belongs to the program, so it is moved to *interrupt,
+ * to be raised from the step as it would have been without looptrace. Returns 1 then. */
+static int
+take_callback_error(unsigned long long *faults, saved_error *interrupt)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        (*faults)++;
+        return 0;
+    }
+    save_error(interrupt);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- StepSlot */
 
 typedef struct {
@@ -426,23 +442,25 @@ StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, Py
     long long end = now_ns();
     slot->handle = outer_handle;
     slot->start_ns = outer_start;
+    saved_error interrupt;
+    int interrupted = 0;
     if (hook->owner_ids != NULL && hook->enabled) {
         saved_error saved;
         save_error(&saved);
         if (record_step(hook, slot, handle, start, end - start) < 0) {
-            PyErr_Clear();   /* never raise into the program */
-            hook->faults++;
+            /* never raise an error of ours into the program */
+            interrupted = take_callback_error(&hook->faults, &interrupt);
         }
         restore_error(&saved);
     }
-    if (end - start >= hook->threshold_ns && hook->enabled) {
+    if (!interrupted && end - start >= hook->threshold_ns && hook->enabled) {
         slot->blocks++;
         saved_error saved;
         save_error(&saved);
         PyObject *r = PyObject_CallFunction(hook->on_long_step, "OLLK", handle, start, end, seq);
         if (r == NULL) {
-            PyErr_Clear();   /* never raise into the program; the Python side counts faults */
-            hook->faults++;
+            /* never raise an error of ours into the program; the Python side counts faults */
+            interrupted = take_callback_error(&hook->faults, &interrupt);
         }
         else {
             Py_DECREF(r);
@@ -451,6 +469,12 @@ StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, Py
     }
     Py_DECREF(handle);
     Py_DECREF(slot);
+    if (interrupted) {
+        Py_XDECREF(result);
+        PyErr_Clear();   /* the step's own error, if any: the interrupt wins, as it would */
+        restore_error(&interrupt);
+        return NULL;
+    }
     return result;
 }
 
@@ -805,13 +829,13 @@ SelectTimer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
             self->long_iterations++;
             PyObject *r = PyObject_CallFunction(self->on_long_iteration, "LL",
                                                 self->last_end_ns, start);
-            if (r == NULL) {
-                PyErr_Clear();
-                self->faults++;
+            saved_error interrupt;
+            if (r == NULL && take_callback_error(&self->faults, &interrupt)) {
+                Py_DECREF(ready);   /* the program's KeyboardInterrupt, as in select() */
+                restore_error(&interrupt);
+                return NULL;
             }
-            else {
-                Py_DECREF(r);
-            }
+            Py_XDECREF(r);
         }
     }
     self->last_end_ns = end;

@@ -138,3 +138,39 @@ def test_the_c_hooks_caught_errors_become_faults_in_the_report() -> None:
     (fault,) = tracing.snapshot().faults
     assert fault.hook == "steps"
     assert fault.count == len(calls) >= 1
+
+
+@pytest.mark.parametrize("where", ["steps", "selector"])
+@pytest.mark.parametrize("accelerator", [True, False], ids=["c-hooks", "python-hooks"])
+def test_a_keyboard_interrupt_during_looptrace_code_reaches_the_program(
+        monkeypatch: pytest.MonkeyPatch, accelerator: bool, where: str) -> None:
+    """Regression: a KeyboardInterrupt raised (by the program's SIGINT handler) while the C
+    hook's callback ran was swallowed and counted as a fault: Ctrl-C was lost. It belongs
+    to the program: it leaves run_until_complete as it would without looptrace."""
+    import asyncio
+    import time
+
+    import looptrace
+    from looptrace import _recorder
+    from looptrace._hooks import tracer as tracer_module
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    if where == "steps":
+        monkeypatch.setattr(tracer_module, "task_of", interrupted)
+    else:
+        monkeypatch.setattr(_recorder.LoopRecord, "on_long_iteration", interrupted)
+
+    async def main() -> str:
+        for _ in range(3):
+            time.sleep(0.012)
+            await asyncio.sleep(0)
+        return "finished"
+
+    loop = asyncio.new_event_loop()
+    with looptrace.installed(threshold_ms=5, accelerator=accelerator) as tracing:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(main())
+        loop.close()
+    assert tracing.snapshot().faults == ()
