@@ -266,10 +266,13 @@ def run_command(ns: argparse.Namespace) -> int:
         if session is not None:
             _write_outputs(session, ns)
             if not ns.quiet:
-                with contextlib.suppress(OSError, ValueError):  # a closed stdout is fine
+                # The program may have closed its streams, or set them to None: then the
+                # summary is lost, never the program's exit status.
+                with contextlib.suppress(OSError, ValueError, AttributeError):
                     sys.stdout.flush()
-                sys.stderr.write("\n" + render(session, "text"))
-                sys.stderr.flush()
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.write("\n" + render(session, "text"))
+                    sys.stderr.flush()
     if pending is not None:
         raise pending
     return status
