@@ -79,33 +79,53 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
-    """A Jaeger listening only on 127.0.0.1, for this test session."""
-    binary = _jaeger_binary()
+def _start(binary: str, log: Path) -> tuple[subprocess.Popen[bytes], int, int] | None:
+    """Start Jaeger on free ports; None if it exited (a port taken meanwhile)."""
     query, query_grpc, health, otlp = _free_ports(4)
     env = {**os.environ,
            "LOOPTRACE_JAEGER_QUERY_PORT": str(query),
            "LOOPTRACE_JAEGER_QUERY_GRPC_PORT": str(query_grpc),
            "LOOPTRACE_JAEGER_HEALTH_PORT": str(health),
            "LOOPTRACE_JAEGER_OTLP_HTTP_PORT": str(otlp)}
-    log = tmp_path_factory.mktemp("jaeger") / "jaeger.log"
     with open(log, "w") as out:
         process = subprocess.Popen([binary, "--config", str(CONFIG)], stdout=out,
                                    stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    health_url = f"http://127.0.0.1:{health}/status"
+    while not _healthy(health_url):
+        if process.poll() is not None:
+            return None
+        if time.monotonic() > deadline:
+            _stop(process)
+            pytest.fail(f"Jaeger did not become healthy on {health_url} in "
+                        f"{_START_TIMEOUT_S} s; its log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process, query, otlp
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        health_url = f"http://127.0.0.1:{health}/status"
-        while not _healthy(health_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Jaeger did not become healthy on {health_url} (exit code "
-                            f"{process.poll()}); its log:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    """A Jaeger listening only on 127.0.0.1, for this test session."""
+    binary = _jaeger_binary()
+    log = tmp_path_factory.mktemp("jaeger") / "jaeger.log"
+    for _ in range(3):  # the free ports may be taken before Jaeger binds them
+        started = _start(binary, log)
+        if started is not None:
+            break
+    else:
+        pytest.fail(f"Jaeger ({binary}) exited at start, three times; its log:\n"
+                    f"{log.read_text()[-3000:]}")
+    process, query, otlp = started
+    try:
         yield Jaeger(f"http://127.0.0.1:{otlp}", f"http://127.0.0.1:{query}", log)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _stop(process)
