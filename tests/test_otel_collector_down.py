@@ -182,3 +182,29 @@ def test_uninstall_on_a_loop_thread_does_not_wait_for_the_collector(
         return time.perf_counter() - started
 
     assert asyncio.run(main()) < 0.3
+
+
+def test_install_on_a_loop_thread_sets_up_off_the_loop(dead_collector: str) -> None:
+    """install(otlp=...) called from a coroutine in a fresh process returns quickly:
+    importing OpenTelemetry and building the pipeline happen on a thread of their own, and
+    the block that follows still becomes a span (here: counted as dropped)."""
+    code = (
+        "import asyncio, json, time\n"
+        "import looptrace\n"
+        "async def main():\n"
+        "    started = time.perf_counter()\n"
+        f"    looptrace.install(threshold_ms=20, otlp={dead_collector!r})\n"
+        "    took = time.perf_counter() - started\n"
+        "    await asyncio.sleep(0)\n"
+        "    time.sleep(0.03)\n"
+        "    await asyncio.sleep(0)\n"
+        "    return took\n"
+        "took = asyncio.run(main())\n"
+        "session = looptrace.uninstall()\n"
+        "print(json.dumps({'took': took, 'dropped': session.dropped}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["took"] < 0.1, f"install() held the loop for {result['took']:.3f} s"
+    assert result["dropped"].get("spans", 0) >= 1

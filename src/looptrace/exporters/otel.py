@@ -17,7 +17,10 @@ Which providers are used, checked for every block (the application may set its o
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +49,19 @@ def live_sink(options: Options, recorder: Any = None,
     ``close(timeout_s)`` flushes looptrace's own pipeline within ``timeout_s``. ``recorder``
     supplies the clock offset, the loop figures for metrics, and the drop counters;
     ``snapshot`` the final session, for loop and task spans.
+
+    Called on a loop thread (``install()`` inside a coroutine), the setup (importing
+    OpenTelemetry, building the pipeline: a few hundred milliseconds) runs on a thread of
+    its own instead, so that the loop is not blocked by looptrace itself.
     """
+    if asyncio.events._get_running_loop() is not None:
+        deferred = _DeferredSink(options, recorder, snapshot)
+        return "opentelemetry", deferred.on_block, deferred.close
+    sink = _make_sink(options, recorder, snapshot)
+    return ("opentelemetry", sink.on_block, sink.close) if sink is not None else None
+
+
+def _make_sink(options: Options, recorder: Any, snapshot: Callable[[], Any] | None) -> Any:
     try:
         # OpenTelemetry loads only now, and may be missing: see the module's docstring.
         from ._otel_sink import OtelSink
@@ -56,9 +71,49 @@ def live_sink(options: Options, recorder: Any = None,
                            "'looptrace[otel]'); continuing without it (%s)", exc)
         return None
     try:
-        sink = OtelSink(options, recorder, snapshot, **_explicit_providers)
+        return OtelSink(options, recorder, snapshot, **_explicit_providers)
     except ImportError as exc:
         logger.warning("looptrace: OTLP export needs the OTLP/HTTP exporter (pip install "
                        "'looptrace[otel]'); continuing without it (%s)", exc)
         return None
-    return "opentelemetry", sink.on_block, sink.close
+
+
+class _DeferredSink:
+    """A sink whose setup runs on the ``looptrace-otel-setup`` thread; blocks that come
+    before it is ready wait for it on the dispatch thread, never on a loop thread."""
+
+    def __init__(self, options: Options, recorder: Any,
+                 snapshot: Callable[[], Any] | None) -> None:
+        self._sink: Any = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._setup, args=(options, recorder, snapshot),
+                                        name="looptrace-otel-setup", daemon=True)
+        self._thread.start()
+
+    def _setup(self, options: Options, recorder: Any,
+               snapshot: Callable[[], Any] | None) -> None:
+        try:
+            self._sink = _make_sink(options, recorder, snapshot)
+        except Exception as exc:  # a broken OpenTelemetry: say so, and export nothing
+            logger.warning("looptrace: setting up the OpenTelemetry export failed: %s: %s",
+                           type(exc).__name__, exc)
+        finally:
+            self._ready.set()
+
+    def on_block(self, block: Block) -> None:
+        self._ready.wait()
+        if self._sink is not None:
+            self._sink.on_block(block)
+
+    def close(self, timeout_s: float) -> None:
+        if asyncio.events._get_running_loop() is not None:
+            # On a loop thread nothing may wait: finish on a thread of its own.
+            threading.Thread(target=self._close, args=(timeout_s,),
+                             name="looptrace-otel-close", daemon=True).start()
+        else:
+            self._close(timeout_s)
+
+    def _close(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        if self._ready.wait(timeout_s) and self._sink is not None:
+            self._sink.close(max(deadline - time.monotonic(), 0.0))
