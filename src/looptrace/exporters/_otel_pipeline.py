@@ -264,7 +264,6 @@ def build_meter_provider(endpoint: str | None) -> MeterProvider | None:
     exporters = {e.strip() for e in os.environ.get("OTEL_METRICS_EXPORTER", "otlp").split(",")}
     if "otlp" not in exporters:
         return None
-
     exporter = (OTLPMetricExporter(endpoint=signal_endpoint(endpoint, "metrics"))
                 if endpoint else OTLPMetricExporter())
     reader = PeriodicExportingMetricReader(exporter)
