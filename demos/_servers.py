@@ -11,7 +11,7 @@ import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -112,6 +112,32 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return receiver, sender
 
 
+class Sender:
+    """Another program sending messages: a thread, started *before* the event loop (starting
+    a thread waits for it to boot, which is no business of the loop's), that waits for
+    :meth:`go` and then calls ``send(n)`` for n in 0..count-1, one every ``interval_s``."""
+
+    def __init__(self, send: Callable[[int], None], count: int, interval_s: float) -> None:
+        self._go = threading.Event()
+
+        def run() -> None:
+            self._go.wait()
+            for number in range(count):
+                time.sleep(interval_s)
+                send(number)
+
+        self._thread = threading.Thread(target=run, name="sender", daemon=True)
+        self._thread.start()
+
+    def go(self) -> None:
+        """Start sending (never waits: safe on the loop thread)."""
+        self._go.set()
+
+    def join(self) -> None:
+        self._go.set()
+        self._thread.join()
+
+
 # -- one looptrace verdict per variant
 
 
@@ -171,13 +197,14 @@ class Recorded:
 
 
 @contextmanager
-def recorded(label: str, threshold_ms: float, **options: Any) -> Iterator[Recorded]:
+def recorded(label: str, **options: Any) -> Iterator[Recorded]:
     """Record one variant of a demo with looptrace.
 
     Run as ``python demos/X.py``, each variant gets its own installation (and so its own
-    report), with ``threshold_ms`` and ``options``. Under ``looptrace run``, the whole
-    program is already recorded with the command's options: the variant's blocks are then
-    the ones that started while it ran, and its loops the ones created meanwhile.
+    report), with ``options`` and, for the others, the ``LOOPTRACE_*`` environment and the
+    defaults: the same threshold (100 ms) as ``looptrace run``. Under ``looptrace run``, the
+    whole program is already recorded with the command's options: the variant's blocks are
+    then the ones that started while it ran, and its loops the ones created meanwhile.
     """
     result = Recorded(label)
     if looptrace.is_installed():
@@ -189,7 +216,7 @@ def recorded(label: str, threshold_ms: float, **options: Any) -> Iterator[Record
         result.blocks = [b for b in session.blocks if started_ns <= b.start_unix_ns <= ended_ns]
         result.loops = [loop for loop in session.loops if loop.id not in before]
     else:
-        with looptrace.installed(threshold_ms=threshold_ms, **options) as tracing:
+        with looptrace.installed(**options) as tracing:
             yield result
         session = tracing.snapshot()
         result.blocks = list(session.blocks)

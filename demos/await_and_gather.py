@@ -32,8 +32,6 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _servers import Recorded, recorded
 
-THRESHOLD_MS = 50
-
 
 async def wait_with_gather(tasks: list[asyncio.Task[int]]) -> list[int]:
     """Variant 1."""
@@ -104,7 +102,7 @@ def run(count: int, longest_s: float) -> list[tuple[Recorded, Waited]]:
     delays = [round(generator.uniform(0.2, 1.0) * longest_s, 3) for _ in range(count)]
     results = []
     for label, wait in VARIANTS:
-        with recorded(label, THRESHOLD_MS) as record:
+        with recorded(label) as record:
             started = time.perf_counter()
             waited = asyncio.run(sleepers(delays, wait))
             record.wall_s = time.perf_counter() - started

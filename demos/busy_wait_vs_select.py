@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import select
 import socket
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _servers import Recorded, recorded, tcp_pair
+from _servers import Recorded, Sender, recorded, tcp_pair
 
-THRESHOLD_MS = 50
 TICK_S = 0.010
 
 
@@ -90,21 +89,8 @@ VARIANTS: list[tuple[str, Callable[[socket.socket, int], Awaitable[int]]]] = [
 ]
 
 
-def send_later(sock: socket.socket, count: int, interval_s: float) -> threading.Thread:
-    """Send ``count`` messages from another thread, one every ``interval_s``."""
-
-    def send() -> None:
-        for _ in range(count):
-            time.sleep(interval_s)
-            sock.sendall(b"m" * MESSAGE_SIZE)
-
-    thread = threading.Thread(target=send, name="sender", daemon=True)
-    thread.start()
-    return thread
-
-
 async def wait_with(receive: Callable[[socket.socket, int], Awaitable[int]],
-                    count: int, interval_s: float) -> Waited:
+                    receiver: socket.socket, sender: Sender, count: int) -> Waited:
     ticks = 0
 
     async def ticker() -> None:
@@ -115,24 +101,29 @@ async def wait_with(receive: Callable[[socket.socket, int], Awaitable[int]],
 
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0)  # let the ticker start
-    receiver, sender = tcp_pair()
-    with receiver, sender:
-        thread = send_later(sender, count, interval_s)
-        wall, cpu = time.perf_counter(), time.thread_time()
-        polls = await receive(receiver, count)
-        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-        thread.join()
+    sender.go()
+    wall, cpu = time.perf_counter(), time.thread_time()
+    polls = await receive(receiver, count)
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     ticking.cancel()
     return Waited(wall, cpu, polls, ticks)
+
+
+def send_message(sock: socket.socket, number: int) -> None:
+    sock.sendall(b"m" * MESSAGE_SIZE)
 
 
 def run(count: int, interval_s: float) -> list[tuple[Recorded, Waited]]:
     """Wait for ``count`` messages with each variant; what it cost, and looptrace's verdict."""
     results = []
     for label, receive in VARIANTS:
-        with recorded(label, THRESHOLD_MS) as record:
-            waited = asyncio.run(wait_with(receive, count, interval_s))
-            record.wall_s = waited.wall_s
+        receiver, sending_end = tcp_pair()
+        with receiver, sending_end:
+            sender = Sender(functools.partial(send_message, sending_end), count, interval_s)
+            with recorded(label) as record:
+                waited = asyncio.run(wait_with(receive, receiver, sender, count))
+                record.wall_s = waited.wall_s
+            sender.join()
         results.append((record, waited))
     return results
 

@@ -25,17 +25,15 @@ import select
 import selectors
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _servers import Recorded, milliseconds, recorded
+from _servers import Recorded, Sender, milliseconds, recorded
 
 FD_SETSIZE = 1024
-THRESHOLD_MS = 50
 
 
 @dataclass
@@ -133,24 +131,21 @@ def beyond_fd_setsize() -> str:
         return f"socket fd {high.fileno()}: {said}"
 
 
-def send_messages(sockets: list[socket.socket], count: int,
-                  interval_s: float) -> threading.Thread:
-    """From another thread: one datagram to a random socket every ``interval_s``."""
-    chosen = [sock.getsockname() for sock in random.Random(4).choices(sockets, k=count)]
+def datagram_sender(sockets: list[socket.socket], count: int, interval_s: float) -> Sender:
+    """Another program: one datagram to a random socket every ``interval_s``, once told to
+    go."""
+    addresses = [sock.getsockname() for sock in random.Random(4).choices(sockets, k=count)]
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
-    def send() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for address in chosen:
-                time.sleep(interval_s)
-                sender.sendto(b"!", address)
+    def send(number: int) -> None:
+        out.sendto(b"!", addresses[number])
+        if number == count - 1:
+            out.close()
 
-    thread = threading.Thread(target=send, name="sender", daemon=True)
-    thread.start()
-    return thread
+    return Sender(send, count, interval_s)
 
 
-def wait_by_hand(sockets: list[socket.socket], count: int,
-                 interval_s: float) -> Wakeups:
+def wait_by_hand(sockets: list[socket.socket], sender: Sender, count: int) -> Wakeups:
     """The event loop's core, written out: sleep in epoll, run the ready sockets' callbacks."""
     received = 0
 
@@ -161,7 +156,7 @@ def wait_by_hand(sockets: list[socket.socket], count: int,
     with selectors.EpollSelector() as selector:
         for sock in sockets:
             selector.register(sock, selectors.EVENT_READ, on_readable)
-        sender = send_messages(sockets, count, interval_s)
+        sender.go()
         slept = 0.0
         wakeups = events = 0
         started = time.perf_counter()
@@ -174,12 +169,10 @@ def wait_by_hand(sockets: list[socket.socket], count: int,
             for key, _ in ready:
                 key.data(key.fileobj)
         wall = time.perf_counter() - started
-        sender.join()
     return Wakeups(wall, slept, wakeups, events)
 
 
-async def wait_with_asyncio(sockets: list[socket.socket], count: int,
-                            interval_s: float) -> float:
+async def wait_with_asyncio(sockets: list[socket.socket], sender: Sender, count: int) -> float:
     """The same wait through asyncio: the loop owns the epoll; we give it callbacks."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -196,14 +189,13 @@ async def wait_with_asyncio(sockets: list[socket.socket], count: int,
         if number % 100 == 0:
             await asyncio.sleep(0)  # a thousand registrations are tens of ms: let others run
     started = time.perf_counter()
-    sender = send_messages(sockets, count, interval_s)
+    sender.go()
     await done
     wall = time.perf_counter() - started
     for number, sock in enumerate(sockets, 1):
         loop.remove_reader(sock)
         if number % 100 == 0:
             await asyncio.sleep(0)
-    await asyncio.to_thread(sender.join)
     return wall
 
 
@@ -222,10 +214,14 @@ def run(sizes: list[int], calls: int, sockets: int, count: int, interval_s: floa
     costs = [cost_of_one_wait(size, calls) for size in sizes]
     beyond = beyond_fd_setsize()
     with udp_sockets(sockets) as watched:
-        by_hand = wait_by_hand(watched, count, interval_s)
-        with recorded("asyncio", THRESHOLD_MS) as record:
-            wall = asyncio.run(wait_with_asyncio(watched, count, interval_s))
+        sender = datagram_sender(watched, count, interval_s)
+        by_hand = wait_by_hand(watched, sender, count)
+        sender.join()
+        sender = datagram_sender(watched, count, interval_s)
+        with recorded("asyncio") as record:
+            wall = asyncio.run(wait_with_asyncio(watched, sender, count))
             record.wall_s = wall
+        sender.join()
     return Results(costs, beyond, by_hand, wall, record)
 
 

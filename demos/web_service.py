@@ -46,7 +46,6 @@ except ImportError:  # pragma: no cover - the message is the point
     sys.exit("web_service.py needs aiohttp: pip install 'looptrace[demos]' "
              "(or pip install '.[demos]' in a checkout)")
 
-THRESHOLD_MS = 50
 BACKEND_DELAY_S = 0.150
 MIX = {"/hello": 45, "/orders": 45, "/report": 10}
 """How the load generator picks endpoints (weights)."""
@@ -225,7 +224,7 @@ def run(seconds: float, concurrency: int, otlp: str | None = None) -> list[Round
     with serve(_SlowBackend) as backend:
         for label, blocking in (("1. /report calls the backend synchronously", True),
                                 ("2. /report calls it in asyncio.to_thread", False)):
-            with recorded(label, THRESHOLD_MS, **options) as record:
+            with recorded(label, **options) as record:
                 started = time.perf_counter()
                 latencies = asyncio.run(serve_under_load(backend, blocking, seconds,
                                                          concurrency))

@@ -162,7 +162,7 @@ def test_cpu_bound_work_blocks_at_the_hot_line_and_a_process_pool_frees_the_loop
     starve a ticker; in a process pool they do not block the loop and the ticker runs."""
     cpu_bound = demo("cpu_bound")
     count = 3
-    (inline, inline_ticks), (pooled, pooled_ticks) = cpu_bound.run(110, count)
+    (inline, inline_ticks), (pooled, pooled_ticks) = cpu_bound.run(130, count)
 
     assert_blocks_at(inline, cpu_bound, "multiply", "HOT", None, count)
     assert all(b.kind == "slow-step" for b in inline.blocks)
@@ -193,7 +193,8 @@ def test_gather_waits_without_busy_waiting() -> None:
         assert record.loop.utilization < 0.1
         assert record.loop.iterations is not None and record.loop.iterations < 100
     assert polled.loop is not None and polled.loop.utilization is not None
-    assert polled.loop.utilization > 0.5
+    assert gathered.loop is not None and gathered.loop.utilization is not None
+    assert polled.loop.utilization > max(0.2, 5 * gathered.loop.utilization)
     assert polled.loop.iterations is not None and by_hand.loop is not None
     assert polled.loop.iterations >= 50 * (by_hand.loop.iterations or 1)
     assert poll_wait.cpu_s >= 10 * max(gather_wait.cpu_s, hand_wait.cpu_s, 0.002)
