@@ -65,7 +65,7 @@ def _loop_lines(loop: LoopSummary) -> list[str]:
         figures.append(f"{loop.iterations} iterations")
     if loop.steps is not None:
         figures.append(f"{loop.steps} steps")
-    figures.append(f"{loop.blocks} blocks")
+    figures.append(f"{loop.blocks} block{'s' if loop.blocks != 1 else ''}")
     lines.append("     " + "  ".join(figures))
     lag = loop.lag_ms
     if lag.max is not None:
