@@ -1070,8 +1070,33 @@ static PyTypeObject SelectTimer_Type = {
 
 /* ---------------------------------------------------------------- module */
 
+/* sys._current_frames() with the garbage collector held off. On CPython 3.11 it holds the
+ * runtime's thread-list lock while it makes frame objects; a collection started by one of
+ * those allocations may free a threading.local, whose destructor takes that lock again:
+ * the process hangs, GIL held (CPython gh-106883). No Python code runs in between, so no
+ * other thread sees the collector off. */
+static PyObject *
+speedups_current_frames(PyObject *module, PyObject *unused)
+{
+    PyObject *current_frames = PySys_GetObject("_current_frames");  /* borrowed */
+    if (current_frames == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sys._current_frames is missing");
+        return NULL;
+    }
+    Py_INCREF(current_frames);
+    int was_enabled = PyGC_Disable();
+    PyObject *frames = PyObject_CallNoArgs(current_frames);
+    if (was_enabled) {
+        PyGC_Enable();
+    }
+    Py_DECREF(current_frames);
+    return frames;
+}
+
 static PyMethodDef module_methods[] = {
     {"now_ns", speedups_now_ns, METH_NOARGS, "The clock of time.perf_counter_ns()."},
+    {"current_frames", speedups_current_frames, METH_NOARGS,
+     "sys._current_frames() with the garbage collector held off (CPython gh-106883)."},
     {NULL}
 };
 

@@ -1,11 +1,13 @@
 """Types of the C accelerator (see _speedups.c)."""
 
 from collections.abc import Callable, Collection
+from types import FrameType
 from typing import Any
 
 HIST_SUB_BITS: int
 
 def now_ns() -> int: ...
+def current_frames() -> dict[int, FrameType]: ...
 
 class StepSlot:
     @property

@@ -6,12 +6,14 @@ thread or file descriptor is left behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from reliability_helpers import PROGRAMS, run_python
 
 import looptrace
 from looptrace.session import Session
@@ -182,3 +184,18 @@ def test_a_thread_that_ends_mid_step_leaves_no_slot_behind(accelerator: bool,
         alive = {t.ident for t in threading.enumerate()}
         assert {slot.thread_id for slot in hook.slots()} <= alive
     assert not tracing.snapshot().faults
+
+
+@pytest.mark.parametrize("accelerator", ["1", "0"], ids=["c-hooks", "python-hooks"])
+def test_install_uninstall_and_snapshot_race_from_four_threads(accelerator: str) -> None:
+    """Regression: on Python 3.11 the process hung (or crashed) within seconds: the
+    watchdog's sys._current_frames() started a garbage collection that freed the discarded
+    Python step hook's threading.local, whose destructor waits for the lock
+    _current_frames holds (CPython gh-106883). 4 threads installing, uninstalling and
+    snapshotting at random while 4 loops block: no error, no fault, no hang, asyncio
+    restored, no thread left."""
+    result = run_python([str(PROGRAMS / "lifecycle_race.py"), "4"], timeout=90,
+                        env={"LOOPTRACE_ACCELERATOR": accelerator})
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome == {"errors": [], "restored": True, "threads": ["MainThread"]}

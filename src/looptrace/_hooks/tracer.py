@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import sys
 import threading
 import weakref
 from asyncio import base_events, events, runners
@@ -45,6 +44,7 @@ from .policy import PolicyDoor
 from .probes import ProbeBuffer, Probes
 from .selector import FrozenTimer, detach_timer, is_real_selector, make_select_timer
 from .steps import FullStepHook, make_step_hook
+from .threadframes import current_frames
 from .watchdog import Watchdog
 
 SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
@@ -416,7 +416,7 @@ class Tracer:
         self._report_swallowed_faults()
         if self.probes is not None and self.active:
             self.probes.patch_available()
-        alive = set(sys._current_frames())
+        alive = set(current_frames())
         if self.step_hook is not None:
             self.step_hook.prune(alive)
         if self.probes is not None:
@@ -461,7 +461,7 @@ def _loops_running_elsewhere(own: Any) -> list[Any]:
     grows with the heap; the stacks are a few frames per thread."""
     me = threading.get_ident()
     found: list[Any] = []
-    for ident, frame in sys._current_frames().items():
+    for ident, frame in current_frames().items():
         if ident == me:
             continue
         current: Any = frame

@@ -11,7 +11,6 @@ patches probes for modules imported since, and forgets threads that ended.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from . import context
 from .blocks import LongStep, StepSamples, build_block
 from .frames import CodeMap, locate
 from .owners import coroutine_name
+from .threadframes import current_frames
 
 _MIN_WAIT_NS = 500_000
 _MAX_POLL_NS = 50_000_000
@@ -137,7 +137,7 @@ class Watchdog:
                     wait = min(wait, self._arm_ns - elapsed)
                     continue
                 if frames is None:
-                    frames = sys._current_frames()
+                    frames = current_frames()
                 self._sample(key, frames.get(thread_id), handle, loop)
                 wait = min(wait, self._sample_ns)
             del frames
