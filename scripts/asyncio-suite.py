@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -75,9 +76,27 @@ def run_suite(python: str, jobs: int, junit: Path, *, traced: bool, reports: Pat
         command += ["--matchfile", f.name]
     started = time.monotonic()
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
-                            timeout=timeout_s * 4)
-    output = (result.stdout + result.stderr).strip().splitlines()
-    return result.returncode, time.monotonic() - started, "\n".join(output[-12:])
+                            timeout=timeout_s * 4, preexec_fn=_limit_memory)
+    output = result.stdout + result.stderr
+    junit.with_suffix(".log").write_text(output)
+    return result.returncode, time.monotonic() - started, "\n".join(output.splitlines()[-12:])
+
+
+def env_changed(log: Path) -> set[str]:
+    """Test files regrtest found altering the environment (threads, files, signals...)."""
+    found = set()
+    for line in log.read_text().splitlines():
+        if "(env changed)" in line:
+            found.update(w for w in line.split() if w.startswith("test_asyncio."))
+    return found
+
+
+def _limit_memory() -> None:
+    """At most 4 GB of address space per test process: test_runners sometimes runs away
+    allocating on a loaded machine (with or without looptrace); it then fails with a
+    MemoryError instead of exhausting the machine."""
+    limit = 4 * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def differences(base: dict[str, Outcome], traced: dict[str, Outcome]) -> dict[str, str]:
@@ -195,6 +214,9 @@ def main() -> int:
                                  looptrace_env)
 
     problems, totals = check_reports(reports)
+    if not args.baseline:
+        altered = env_changed(work / "traced.log") - env_changed(work / "baseline.log")
+        problems += [f"{name} altered the environment with looptrace only" for name in altered]
     print(f"looptrace reports: {totals['reports']} processes, {totals['with_loops']} with "
           f"loops, {totals['loops']} loops, {totals['blocks']} blocks recorded")
     for test_id, change in flaky.items():
