@@ -101,7 +101,8 @@ def test_summary_lists_hotspots_with_site_call_and_fix_then_loops() -> None:
     summary = text.render(recorded_session())
     assert "Hotspots (by total time)" in summary
     assert "blocking-call  time.sleep" in summary
-    assert "test_session.py:" in summary and " in recorded_session.<locals>.main" in summary
+    assert "test_report_document.py:" in summary
+    assert " in recorded_session.<locals>.main" in summary
     assert "fix: use `await asyncio.sleep(...)`" in summary
     assert "utilisation" in summary and "lag p50" in summary
 
