@@ -24,9 +24,11 @@ DESCRIPTIONS = {
     "none": "no tracer (the baseline of every pair)",
     "looptrace": "`looptrace.install()`: default configuration (blocks, select waits, loop "
                  "figures; C step hook and select timer)",
-    "looptrace_full": "`looptrace.install(mode=\"full\")`: every step and every select wait "
-                      "recorded, and exported by an in-process sink thread "
-                      "(benchmarks/sink.py) that copies them out of the rings every 50 ms",
+    "looptrace_full": "`looptrace.install(mode=\"full\", buffer_size=1_000_000)`: every step "
+                      "and every select wait recorded, and exported by an in-process sink "
+                      "thread (benchmarks/sink.py) that copies them out of the rings every "
+                      "50 ms; rings of a million records, because a loop that selects every "
+                      "millisecond can keep another thread from the GIL for most of a second",
     "asyncio_debug": "`PYTHONASYNCIODEBUG=1` + `loop.set_debug(True)`",
     "aiodebug": "`log_slow_callbacks.enable(0.05)` + `monitor_loop_lag.enable(statsd, "
                 "interval=0.25)`",
@@ -51,6 +53,12 @@ OTEL_TRACED = {
     "aiohttp": "part_a,part_b",
     "callback_chain": "",
 }
+
+# Full mode's rings for the benchmark: a busy loop that releases the GIL only for short
+# selects starves a waiting thread (CPython's GIL hand-off restarts the waiter's 5 ms
+# timeout at every release), so the sink may not run for several hundred milliseconds; a
+# million records cover that at a microsecond per step. Records lost anyway are counted.
+FULL_MODE_BUFFER = 1_000_000
 
 # glibc's dynamic mmap threshold makes `sock.recv(256 KiB)` either a heap allocation or an
 # mmap/munmap pair per read depending on what the process allocated before: importing a
@@ -104,7 +112,7 @@ class Looptrace(ToolRun):
         import looptrace
 
         if self.full:
-            looptrace.install(mode="full")
+            looptrace.install(mode="full", buffer_size=FULL_MODE_BUFFER)
             from sink import FullTraceSink
 
             self.sink = FullTraceSink()
