@@ -168,7 +168,9 @@ def render(session: Session, fmt: str) -> str:
 
 def _write(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    # A name that was not UTF-8 (an argv item, a file path) is a lone surrogate in Python:
+    # written as `\udcff`, which in a JSON string is the escape that reads back the same.
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -290,7 +292,11 @@ def report_command(ns: argparse.Namespace) -> int:
         except OSError as exc:  # a name too long, a full disk: checked too late to foresee
             raise UsageError(f"cannot write {ns.output!r}: {exc.strerror or exc}") from None
     else:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a name that was not UTF-8, or a narrower terminal
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
     return 0
 
 

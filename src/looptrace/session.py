@@ -187,7 +187,9 @@ class Session:
         """Write the report as JSON, atomically (a reader never sees half a file)."""
         text = self.to_json()
         tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        # A name that was not UTF-8 is a lone surrogate in Python: written as `\udcff`,
+        # the JSON escape that reads back the same string.
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.write("\n")
         os.replace(tmp, path)

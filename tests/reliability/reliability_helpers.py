@@ -28,8 +28,9 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run_python(args: list[str], *, env: Mapping[str, str] | None = None, timeout: float = 120,
                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``python args...`` with this interpreter; output captured as text."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env=child_environment(env), cwd=cwd, check=False)
+    return subprocess.run([sys.executable, *args], capture_output=True, encoding="utf-8",
+                          errors="surrogateescape", timeout=timeout,
+                          env=child_environment(env), cwd=cwd, check=False)
 
 
 def open_fds() -> set[int]:

@@ -101,3 +101,42 @@ def test_an_unusual_program_runs_as_under_python(tmp_path: Path, name: str) -> N
     assert traced.stdout == alone.stdout
     # SIGTERM's default action ends the process at once, before any exit code runs.
     assert (tmp_path / "report.json").exists() == (name != "sigterm")
+
+
+def test_names_that_are_not_utf8_are_written_and_read_back(tmp_path: Path) -> None:
+    """Regression: a script in a directory whose name is not UTF-8, run with an argument
+    that is not UTF-8 (both legal on Linux; Python holds such bytes as lone surrogates),
+    made looptrace fail at exit with a UnicodeEncodeError traceback, exit status 1 and no
+    report. Now every output is written, the program's status kept, the JSON report reads
+    back the same names, and `looptrace report` renders it in every format."""
+    directory = tmp_path / "caf\udcff"  # the byte 0xff, as os.fsdecode() gives it
+    directory.mkdir()
+    script = directory / "app.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, sys, time
+        async def main():
+            time.sleep(0.06)
+            await asyncio.sleep(0)
+        asyncio.run(main())
+        sys.exit(3)
+    """))
+    outputs = {"json": "r.json", "html": "r.html", "chrome-trace": "c.json",
+               "jaeger-json": "j.json"}
+    options = [item for option, name in outputs.items()
+               for item in (f"--{option}", str(tmp_path / name))]
+    result = run_python(["-m", "looptrace", "run", "--threshold-ms", "20", *options,
+                         str(script), "arg-\udcfe"], timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    for name in outputs.values():
+        assert (tmp_path / name).stat().st_size > 0
+    from looptrace import Session
+
+    session = Session.load(tmp_path / "r.json")
+    assert session.argv == (str(script), "arg-\udcfe")
+    assert session.hotspots[0].site is not None
+    assert session.hotspots[0].site.file == str(script)
+    for fmt in ("text", "json", "html", "chrome", "jaeger"):
+        rendered = run_python(["-m", "looptrace", "report", str(tmp_path / "r.json"),
+                               "--format", fmt], timeout=60)
+        assert rendered.returncode == 0, rendered.stderr
