@@ -417,7 +417,8 @@ def _paths_in(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[objec
 JSON_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(), st.sampled_from([10**30, -1, 0, 2**64]),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10),
-    st.sampled_from(["", "<script>alert(1)</script>", "\u202e", "a\nb", "looptrace.report/1"]),
+    st.sampled_from(["", "<script>alert(1)</script>", "\u202e", "a\nb", "looptrace.report/1",
+                     "caf\udcff.py", "\ud800"]),  # lone surrogates: names that were not UTF-8
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
                                                          max_size=2),
 )
