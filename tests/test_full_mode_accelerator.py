@@ -4,6 +4,7 @@ rings exported as memoryviews, and the benchmark's in-process sink that drains t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 from asyncio import events
@@ -105,7 +106,7 @@ def test_full_mode_rings_are_readable_as_memoryviews() -> None:
         written = slot.ring_written
         assert written >= 4 * 31
         records = [tuple(steps[3 * k:3 * k + 3]) for k in range(written)]
-        assert all(b[0] >= a[0] for a, b in zip(records, records[1:], strict=False))
+        assert all(b[0] >= a[0] for a, b in itertools.pairwise(records))
         assert all(duration >= 0 for _, duration, _ in records)
         assert all(0 <= oid < len(owners.rows) for _, _, oid in records)
         assert [tuple(r) for r in _api._current.tracer.step_hook.ring(slot)] == records  # type: ignore[union-attr]
