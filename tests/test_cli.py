@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -127,13 +128,60 @@ def test_exit_status_is_the_programs_and_the_report_is_written(
 
 
 def test_keyboard_interrupt_still_writes_the_report(tmp_path: Path) -> None:
-    """Ctrl-C in the program: the report is written and the status is Python's own."""
+    """Ctrl-C in the program: the report is written, the status and the traceback are
+    Python's own (no looptrace frame in it)."""
     script = write(tmp_path / "interrupt.py", "raise KeyboardInterrupt\n")
     report = tmp_path / "report.json"
     result = run(["run", "--json", str(report), str(script)])
-    expected = subprocess.run([sys.executable, str(script)], capture_output=True, check=False)
+    expected = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              check=False)
     assert result.returncode == expected.returncode
     assert report.exists()
+    traceback_lines = [line for line in result.stderr.splitlines() if line.startswith("  File")]
+    assert traceback_lines == [line for line in expected.stderr.splitlines()
+                               if line.startswith("  File")]
+
+
+def test_sigterm_writes_the_report_then_ends_as_sigterm(tmp_path: Path) -> None:
+    """A service stopped with SIGTERM: the blocks so far are in the report, and the process
+    still ends the way SIGTERM ends it."""
+    script = write(tmp_path / "service.py", """
+        import asyncio, time
+        async def main():
+            await asyncio.sleep(0)
+            time.sleep(0.12)
+            print("serving", flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    report = tmp_path / "report.json"
+    process = subprocess.Popen([*LOOPTRACE, "run", "--threshold-ms", "50", "--json",
+                                str(report), str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "serving"
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM
+    (hotspot,) = json.loads(report.read_text())["hotspots"]
+    assert hotspot["call"] == "time.sleep"
+    assert "blocking-call  time.sleep" in stderr
+
+
+def test_a_program_that_handles_sigterm_keeps_its_handler(tmp_path: Path) -> None:
+    """looptrace's SIGTERM report only stands in for the default action: a program's own
+    handler runs and decides the exit."""
+    script = write(tmp_path / "graceful.py", """
+        import os, signal, sys
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    """)
+    result = run(["run", "--quiet", str(script)])
+    assert result.returncode == 7
 
 
 @pytest.mark.parametrize("args", [

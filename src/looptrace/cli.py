@@ -19,8 +19,9 @@ import importlib.util
 import math
 import os
 import runpy
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -237,6 +238,66 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _finisher(ns: argparse.Namespace) -> Callable[[], None]:
+    """Stop recording, then write the report files and the summary: once, whichever of
+    normal exit, exception, Ctrl-C or SIGTERM comes first."""
+    import looptrace
+
+    done = False
+
+    def finish() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        session = looptrace.uninstall()
+        if session is None:
+            return
+        _write_outputs(session, ns)
+        if not ns.quiet:
+            # The program may have closed its streams, or set them to None: then the
+            # summary is lost, never the program's exit status.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stdout.flush()
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.write("\n" + render(session, "text"))
+                sys.stderr.flush()
+
+    return finish
+
+
+def _report_on_sigterm(finish: Callable[[], None]) -> Callable[[], None]:
+    """Services stop on SIGTERM, which would end the process before any report is written.
+    While the program leaves SIGTERM to its default (death), write the report first, then
+    die of SIGTERM as it would have. A program that handles SIGTERM itself replaces this."""
+    if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            finish()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
+
+
+def _die_of_sigint() -> int:
+    """Exit as Python does after an uncaught KeyboardInterrupt: killed by SIGINT (status
+    130 in a shell), so the caller sees an interrupt, not an error."""
+    if hasattr(signal, "SIGINT") and hasattr(os, "kill"):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+    return 130
+
+
 def run_command(ns: argparse.Namespace) -> int:
     import looptrace
     from looptrace._hooks.frames import treat_as_looptrace
@@ -248,7 +309,10 @@ def run_command(ns: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc).removeprefix("looptrace: ")) from None
 
-    pending: BaseException | None = None
+    finish = _finisher(ns)
+    restore_sigterm = _report_on_sigterm(finish)
+    exit_request: SystemExit | None = None
+    interrupted = False
     status = 0
     try:
         if kind == "module":
@@ -256,27 +320,20 @@ def run_command(ns: argparse.Namespace) -> int:
         else:
             runpy.run_path(target, run_name="__main__")
     except SystemExit as exc:
-        pending = exc
-    except KeyboardInterrupt as exc:
-        pending = exc
+        exit_request = exc
     except BaseException as exc:
+        # The traceback as python prints it: from the program's first frame on.
         trimmed = _trimmed(exc.__traceback__)
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
+        interrupted = isinstance(exc, KeyboardInterrupt)
         status = 1
     finally:
-        session = looptrace.uninstall()
-        if session is not None:
-            _write_outputs(session, ns)
-            if not ns.quiet:
-                # The program may have closed its streams, or set them to None: then the
-                # summary is lost, never the program's exit status.
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    sys.stdout.flush()
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    sys.stderr.write("\n" + render(session, "text"))
-                    sys.stderr.flush()
-    if pending is not None:
-        raise pending
+        restore_sigterm()
+        finish()
+    if exit_request is not None:
+        raise exit_request
+    if interrupted:
+        return _die_of_sigint()
     return status
 
 

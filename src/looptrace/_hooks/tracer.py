@@ -416,7 +416,10 @@ class Tracer:
         self._report_swallowed_faults()
         if self.probes is not None and self.active:
             self.probes.patch_available()
-        alive = set(current_frames())
+        # A thread without a Python frame right now is still alive if threading knows it:
+        # pruning a live thread's slot would leave its C thread-local pointing at nothing.
+        alive = set(current_frames()) | {t.ident for t in threading.enumerate()
+                                         if t.ident is not None}
         if self.step_hook is not None:
             self.step_hook.prune(alive)
         if self.probes is not None:
