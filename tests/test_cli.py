@@ -150,6 +150,7 @@ def test_sigterm_writes_the_report_then_ends_as_sigterm(tmp_path: Path) -> None:
         async def main():
             await asyncio.sleep(0)
             time.sleep(0.12)
+            await asyncio.sleep(0.01)  # the blocking step is over before we say so
             print("serving", flush=True)
             await asyncio.sleep(60)
         asyncio.run(main())
