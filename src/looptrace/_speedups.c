@@ -241,6 +241,11 @@ typedef struct {
     PyObject *owner_busy;       /* list: busy ns per owner id */
     PyObject *owner_steps;      /* list: steps per owner id */
     Py_ssize_t ring_capacity;
+    /* inline mode (enable_inline): run the step as Handle._run does, without entering the
+     * interpreter for _run itself; only for the exact stdlib Handle classes */
+    PyObject *inline_types;     /* tuple of exact handle classes, or NULL */
+    PyObject *context_run;      /* contextvars.Context.run (a method descriptor) */
+    Py_ssize_t off_callback, off_args, off_context;
 } StepHook;
 
 static PyTypeObject FullStepHook_Type;
@@ -413,6 +418,216 @@ done:
     return status;
 }
 
+/* ---------------------------------------------------------------- inline steps */
+
+/* The error path of an inline step. The callback already raised; the original
+ * Handle._run must report it, exactly as asyncio always does (same message, same handle,
+ * same context for the exception handler, same traceback). So the handle's callback is
+ * swapped for this object for one call of the original _run: when _run calls it (inside the
+ * handle's own context), it puts the real callback and arguments back, then raises the
+ * callback's exception again, from C, so no frame of ours enters the traceback. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *handle;
+    PyObject *callback;          /* what _callback held before the swap */
+    PyObject *args;              /* what _args held before the swap */
+    Py_ssize_t off_callback, off_args;
+    saved_error error;
+    int armed;
+} Reraise;
+
+static inline PyObject **
+slot_at(PyObject *obj, Py_ssize_t offset)
+{
+    return (PyObject **)((char *)obj + offset);
+}
+
+/* Put the handle's callback and arguments back (idempotent). */
+static void
+Reraise_restore(Reraise *self)
+{
+    if (self->handle == NULL) {
+        return;
+    }
+    Py_XSETREF(*slot_at(self->handle, self->off_callback), self->callback);
+    Py_XSETREF(*slot_at(self->handle, self->off_args), self->args);
+    self->callback = NULL;
+    self->args = NULL;
+    Py_CLEAR(self->handle);
+}
+
+static PyObject *
+Reraise_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    Reraise *self = (Reraise *)callable;
+    Reraise_restore(self);
+    if (!self->armed) {
+        PyErr_SetString(PyExc_RuntimeError, "looptrace: nothing to raise");
+        return NULL;
+    }
+    self->armed = 0;
+    restore_error(&self->error);   /* hands our references to the error indicator */
+    return NULL;
+}
+
+static void
+Reraise_dealloc(Reraise *self)
+{
+    Reraise_restore(self);
+    if (self->armed) {
+#if PY_VERSION_HEX >= 0x030C0000
+        Py_XDECREF(self->error.exc);
+#else
+        Py_XDECREF(self->error.type);
+        Py_XDECREF(self->error.value);
+        Py_XDECREF(self->error.tb);
+#endif
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject Reraise_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups._Reraise",
+    .tp_basicsize = sizeof(Reraise),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Reraise, vectorcall),
+    .tp_dealloc = (destructor)Reraise_dealloc,
+};
+
+/* Handle._run for a stdlib handle, without the interpreter entry for _run: call
+ * handle._context.run(handle._callback, *handle._args). On an exception other than
+ * SystemExit/KeyboardInterrupt, let the original _run report it (see Reraise). Returns
+ * NULL with an error set only for what the original would let through. */
+static PyObject *
+run_inline(StepHook *hook, PyObject *handle, PyObject *const *args, size_t nargsf)
+{
+    PyObject *context = *slot_at(handle, hook->off_context);
+    PyObject *callback = *slot_at(handle, hook->off_callback);
+    PyObject *cb_args = *slot_at(handle, hook->off_args);
+    if (context == NULL || callback == NULL || cb_args == NULL || !PyTuple_CheckExact(cb_args)) {
+        return PyObject_Vectorcall(hook->original, args, nargsf, NULL);
+    }
+    /* The callback may cancel its own handle, which drops these: hold them. */
+    Py_INCREF(context);
+    Py_INCREF(callback);
+    Py_INCREF(cb_args);
+    Py_ssize_t n = PyTuple_GET_SIZE(cb_args);
+    PyObject *small[8];
+    PyObject **stack = small;
+    if (n + 2 > 8) {
+        stack = PyMem_Malloc((size_t)(n + 2) * sizeof(PyObject *));
+        if (stack == NULL) {
+            Py_DECREF(context);
+            Py_DECREF(callback);
+            Py_DECREF(cb_args);
+            return PyObject_Vectorcall(hook->original, args, nargsf, NULL);
+        }
+    }
+    stack[0] = context;
+    stack[1] = callback;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        stack[i + 2] = PyTuple_GET_ITEM(cb_args, i);
+    }
+    PyObject *result = PyObject_Vectorcall(hook->context_run, stack, (size_t)(n + 2), NULL);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    Py_DECREF(context);
+    Py_DECREF(callback);
+    Py_DECREF(cb_args);
+    if (result != NULL) {
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return NULL;   /* _run re-raises these */
+    }
+    Reraise *reraise = PyObject_New(Reraise, &Reraise_Type);
+    if (reraise == NULL) {
+        return NULL;
+    }
+    reraise->vectorcall = Reraise_vectorcall;
+    save_error(&reraise->error);
+    reraise->armed = 1;
+    reraise->off_callback = hook->off_callback;
+    reraise->off_args = hook->off_args;
+    reraise->handle = Py_NewRef(handle);
+    /* Take the slots' references (they may be NULL or None if the callback cancelled its
+     * handle); the handle holds ours until Reraise_restore gives them back. */
+    reraise->callback = *slot_at(handle, hook->off_callback);
+    reraise->args = *slot_at(handle, hook->off_args);
+    *slot_at(handle, hook->off_callback) = Py_NewRef((PyObject *)reraise);
+    *slot_at(handle, hook->off_args) = PyTuple_New(0);
+    if (*slot_at(handle, hook->off_args) == NULL) {
+        PyErr_Clear();
+        *slot_at(handle, hook->off_args) = Py_NewRef(Py_None);
+    }
+    PyObject *reported = PyObject_Vectorcall(hook->original, args, nargsf, NULL);
+    Reraise_restore(reraise);   /* in case _run never called it */
+    Py_DECREF(reraise);
+    return reported;
+}
+
+static PyObject *
+StepHook_enable_inline(StepHook *self, PyObject *args)
+{
+    PyObject *types, *descrs, *context_run;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyTuple_Type, &types, &PyTuple_Type, &descrs,
+                          &context_run)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(descrs) != 3) {
+        PyErr_SetString(PyExc_ValueError, "expected the _callback, _args and _context slots");
+        return NULL;
+    }
+    Py_ssize_t offsets[3];
+    for (int i = 0; i < 3; i++) {
+        PyObject *d = PyTuple_GET_ITEM(descrs, i);
+        if (!PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
+            PyErr_SetString(PyExc_TypeError, "handle attributes must be __slots__ members");
+            return NULL;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)d)->d_member;
+        if (member->type != T_OBJECT_EX && member->type != T_OBJECT) {
+            PyErr_SetString(PyExc_TypeError, "handle slots must hold objects");
+            return NULL;
+        }
+        offsets[i] = member->offset;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        if (!PyType_Check(PyTuple_GET_ITEM(types, i))) {
+            PyErr_SetString(PyExc_TypeError, "expected handle classes");
+            return NULL;
+        }
+    }
+    Py_XSETREF(self->inline_types, Py_NewRef(types));
+    Py_XSETREF(self->context_run, Py_NewRef(context_run));
+    self->off_callback = offsets[0];
+    self->off_args = offsets[1];
+    self->off_context = offsets[2];
+    Py_RETURN_NONE;
+}
+
+static inline int
+runs_inline(StepHook *hook, PyObject *handle)
+{
+    PyObject *types = hook->inline_types;
+    if (types == NULL) {
+        return 0;
+    }
+    PyTypeObject *type = Py_TYPE(handle);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        if ((PyObject *)type == PyTuple_GET_ITEM(types, i)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -437,7 +652,9 @@ StepHook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, Py
     slot->handle = handle;
     slot->start_ns = start;
 
-    PyObject *result = PyObject_Vectorcall(hook->original, args, nargsf, NULL);
+    PyObject *result = runs_inline(hook, handle)
+                       ? run_inline(hook, handle, args, nargsf)
+                       : PyObject_Vectorcall(hook->original, args, nargsf, NULL);
 
     long long end = now_ns();
     slot->handle = outer_handle;
@@ -556,6 +773,8 @@ StepHook_traverse(StepHook *self, visitproc visit, void *arg)
     Py_VISIT(self->register_owner);
     Py_VISIT(self->owner_busy);
     Py_VISIT(self->owner_steps);
+    Py_VISIT(self->inline_types);
+    Py_VISIT(self->context_run);
     return 0;
 }
 
@@ -571,6 +790,8 @@ StepHook_clear(StepHook *self)
     Py_CLEAR(self->register_owner);
     Py_CLEAR(self->owner_busy);
     Py_CLEAR(self->owner_steps);
+    Py_CLEAR(self->inline_types);
+    Py_CLEAR(self->context_run);
     return 0;
 }
 
@@ -694,6 +915,9 @@ static PyMethodDef StepHook_methods[] = {
     {"slots", (PyCFunction)StepHook_slots, METH_NOARGS, "The slots of every thread seen."},
     {"ring", (PyCFunction)StepHook_ring, METH_O,
      "Full mode: a slot's kept steps, oldest first, as (start_ns, duration_ns, owner id)."},
+    {"enable_inline", (PyCFunction)StepHook_enable_inline, METH_VARARGS,
+     "enable_inline((Handle, TimerHandle), (_callback, _args, _context slots), Context.run):"
+     " run steps of exactly these classes as Handle._run does, without its frame."},
     {"current_slot", (PyCFunction)StepHook_current_slot, METH_NOARGS,
      "The calling thread's slot, created on first use."},
     {"prune", (PyCFunction)StepHook_prune, METH_O,
@@ -1118,7 +1342,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
-        || PyType_Ready(&FullStepHook_Type) < 0 || PyType_Ready(&SelectTimer_Type) < 0) {
+        || PyType_Ready(&FullStepHook_Type) < 0 || PyType_Ready(&SelectTimer_Type) < 0
+        || PyType_Ready(&Reraise_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);

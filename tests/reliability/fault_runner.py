@@ -10,6 +10,7 @@ FAULT names an internal of looptrace that is replaced by a function that raises
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -66,8 +67,12 @@ def _inject(fault: str) -> None:
 def main() -> int:
     fault, *arguments = sys.argv[1:]
     # As an application that configured logging would: looptrace's warnings reach this
-    # handler, marked so the test can tell them from the program's own output.
-    handler = logging.StreamHandler(sys.stderr)
+    # handler, marked so the test can tell them from the program's own output. Into a file
+    # of their own when asked: the dispatch thread's lines and the program's own stderr
+    # would otherwise interleave mid-line.
+    log_path = os.environ.get("FAULT_RUNNER_LOG")
+    stream = open(log_path, "a", encoding="utf-8") if log_path else sys.stderr  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("LOGGED %(name)s %(levelname)s %(message)s"))
     logging.getLogger("looptrace").addHandler(handler)
     _inject(fault)
