@@ -175,7 +175,7 @@ class LoopRecord:
             thread_name=self.thread_name, coverage=self.coverage, missing=self.missing,
             select_calls=timer.select_calls if timer is not None else None,
             events=timer.events if timer is not None else None,
-            io_wait_ns=timer.io_wait_ns if timer is not None else None,
+            io_wait_ns=_io_wait_so_far(timer) if timer is not None else None,
             busy_ns=timer.busy_ns if timer is not None else None,
             lag_source=lag_source,  # type: ignore[arg-type]
             lag_histogram=histogram, lag_max_ns=lag_max,
@@ -186,6 +186,13 @@ class LoopRecord:
             selects=tuple(timer.ring()) if (full and timer is not None) else (),
             steps_timeline=steps_timeline,
         )
+
+
+def _io_wait_so_far(timer: Any) -> int:
+    """The loop's waiting time, including the wait in progress (a loop asleep in epoll when
+    the report is taken has been idle all that time)."""
+    since = getattr(timer, "waiting_since_ns", 0)
+    return int(timer.io_wait_ns) + (now_ns() - since if since else 0)
 
 
 class TaskStats:

@@ -1008,6 +1008,7 @@ typedef struct {
     PyObject *on_long_iteration;  /* on_long_iteration(start_ns, end_ns) */
     long long threshold_ns;
     long long last_end_ns;        /* when the previous select returned; 0 = none yet */
+    long long waiting_since_ns;   /* when the select in progress began; 0 = not waiting */
     unsigned long long select_calls;
     unsigned long long events;
     long long io_wait_ns;
@@ -1033,15 +1034,8 @@ SelectTimer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     }
     long long start = now_ns();
-    PyObject *ready = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-    long long end = now_ns();
-    if (ready == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PyList_Check(ready) ? PyList_GET_SIZE(ready) : 0;
-    self->select_calls++;
-    self->events += (unsigned long long)n;
-    self->io_wait_ns += end - start;
+    /* The busy time since the previous wait is known now, before this wait: a program
+     * stopped while the loop sleeps (SIGTERM, a snapshot) still has it counted. */
     if (self->last_end_ns) {
         long long busy = start - self->last_end_ns;
         self->busy_ns += busy;
@@ -1055,13 +1049,25 @@ SelectTimer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                                 self->last_end_ns, start);
             saved_error interrupt;
             if (r == NULL && take_callback_error(&self->faults, &interrupt)) {
-                Py_DECREF(ready);   /* the program's KeyboardInterrupt, as in select() */
-                restore_error(&interrupt);
+                self->last_end_ns = 0;
+                restore_error(&interrupt);   /* the program's KeyboardInterrupt */
                 return NULL;
             }
             Py_XDECREF(r);
         }
+        self->last_end_ns = 0;
     }
+    self->waiting_since_ns = start;
+    PyObject *ready = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    long long end = now_ns();
+    self->waiting_since_ns = 0;
+    if (ready == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_Check(ready) ? PyList_GET_SIZE(ready) : 0;
+    self->select_calls++;
+    self->events += (unsigned long long)n;
+    self->io_wait_ns += end - start;
     self->last_end_ns = end;
     if (self->ring != NULL) {
         long long timeout_ns = -1;
@@ -1262,6 +1268,8 @@ static PyMemberDef SelectTimer_members[] = {
     {"max_busy_ns", T_LONGLONG, offsetof(SelectTimer, max_busy_ns), READONLY, NULL},
     {"long_iterations", T_ULONGLONG, offsetof(SelectTimer, long_iterations), READONLY, NULL},
     {"last_end_ns", T_LONGLONG, offsetof(SelectTimer, last_end_ns), READONLY, NULL},
+    {"waiting_since_ns", T_LONGLONG, offsetof(SelectTimer, waiting_since_ns), READONLY,
+     "When the wait in progress began (0: not waiting)."},
     {"ring_written", T_ULONGLONG, offsetof(SelectTimer, ring_written), READONLY, NULL},
     {"ring_capacity", T_PYSSIZET, offsetof(SelectTimer, ring_capacity), READONLY, NULL},
     {"faults", T_ULONGLONG, offsetof(SelectTimer, faults), READONLY, NULL},

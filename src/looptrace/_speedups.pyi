@@ -59,6 +59,7 @@ class SelectTimer:
     max_busy_ns: int
     long_iterations: int
     last_end_ns: int
+    waiting_since_ns: int
     ring_written: int
     ring_capacity: int
     faults: int

@@ -32,6 +32,8 @@ class SelectTimer(Protocol):
     @property
     def io_wait_ns(self) -> int: ...
     @property
+    def waiting_since_ns(self) -> int: ...
+    @property
     def busy_ns(self) -> int: ...
     @property
     def max_busy_ns(self) -> int: ...
@@ -63,6 +65,7 @@ class PythonSelectTimer:
         self.max_busy_ns = 0
         self.long_iterations = 0
         self.last_end_ns = 0
+        self.waiting_since_ns = 0
         self.faults = 0
         self.ring_capacity = ring_capacity
         self.ring_written = 0
@@ -105,14 +108,11 @@ class PythonSelectTimer:
             if not timer.enabled:
                 return original(timeout)
             start = clock()
-            ready = original(timeout)
-            end = clock()
-            try:
-                timer.select_calls += 1
-                timer.events += len(ready)
-                timer.io_wait_ns += end - start
-                last = timer.last_end_ns
-                if last:
+            last = timer.last_end_ns
+            if last:
+                # The busy time since the previous wait is known now, before this wait: a
+                # program stopped while the loop sleeps still has it counted.
+                try:
                     busy = start - last
                     timer.busy_ns += busy
                     index = bucket_index(busy)
@@ -121,6 +121,19 @@ class PythonSelectTimer:
                     if busy >= timer.threshold_ns:
                         timer.long_iterations += 1
                         timer.on_long_iteration(last, start)
+                except Exception:  # never into the loop; the tracer reports faults
+                    timer.faults += 1
+                timer.last_end_ns = 0
+            timer.waiting_since_ns = start
+            try:
+                ready = original(timeout)
+            finally:
+                timer.waiting_since_ns = 0
+            end = clock()
+            try:
+                timer.select_calls += 1
+                timer.events += len(ready)
+                timer.io_wait_ns += end - start
                 timer.last_end_ns = end
                 ring = timer._ring
                 if ring is not None:
@@ -182,7 +195,9 @@ class FrozenTimer:
     def __init__(self, timer: SelectTimer) -> None:
         self.select_calls = timer.select_calls
         self.events = timer.events
-        self.io_wait_ns = timer.io_wait_ns
+        since = timer.waiting_since_ns  # closed mid-wait (SIGTERM): that wait counts too
+        self.io_wait_ns = timer.io_wait_ns + (perf_counter_ns() - since if since else 0)
+        self.waiting_since_ns = 0
         self.busy_ns = timer.busy_ns
         self.max_busy_ns = timer.max_busy_ns
         self.long_iterations = timer.long_iterations
