@@ -372,3 +372,21 @@ def test_blocks_carry_exact_durations_not_sample_counts() -> None:
     (block,) = session.blocks
     assert 229 <= block.duration_ms <= 300
     assert block.duration_source == "step-timer"
+
+
+def test_full_mode_keeps_closed_loops_steps_within_one_ring() -> None:
+    """Each closed loop keeps its steps for the timeline, but all closed loops together keep
+    at most one ring's worth: the oldest give way, and the report counts what they lost."""
+
+    async def main() -> None:
+        await named_worker(60)
+
+    with looptrace.installed(mode="full", buffer_size=100) as tracing:
+        for _ in range(5):
+            asyncio.run(main())
+    session = tracing.snapshot()
+    assert session.timeline is not None
+    kept = [len(loop.steps) for loop in session.timeline.loops]
+    assert kept[-1] >= 60
+    assert sum(kept[:-1]) <= 100
+    assert session.dropped.get("timeline_steps", 0) >= 60

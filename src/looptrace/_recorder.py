@@ -14,6 +14,7 @@ import random
 import sys
 import threading
 import weakref
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -101,7 +102,7 @@ class LoopRecord:
         # Full mode: when this loop ran, to pick its steps out of its thread's step ring,
         # and those steps once the loop is closed (the ring moves on).
         self.run_periods: deque[list[int]] = deque(maxlen=_MAX_RUN_PERIODS)
-        self.closed_steps: tuple[tuple[int, int, int], ...] = ()
+        self.closed_steps = array("q")  # flattened (start_ns, duration_ns, owner) triples
         self.blocks = 0
         self.block_ns = 0
         self.saturated_iterations = 0
@@ -128,18 +129,32 @@ class LoopRecord:
             self.timer.forget_last()
 
     def own_steps(self, thread_steps: list[tuple[int, int, int]]
-                  ) -> tuple[tuple[int, int, int], ...]:
-        """The steps of this loop among those its thread's ring kept."""
+                  ) -> list[tuple[int, int, int]]:
+        """The steps of this loop among those its thread's ring kept. Both lists run in time
+        order, so one merged walk picks them (a loop may have run thousands of times)."""
         periods = [(start, end or (1 << 62)) for start, end in self.run_periods]
-        return tuple(step for step in thread_steps
-                     if any(start <= step[0] <= end for start, end in periods))
+        own: list[tuple[int, int, int]] = []
+        index = 0
+        for step in thread_steps:
+            while index < len(periods) and periods[index][1] < step[0]:
+                index += 1
+            if index == len(periods):
+                break
+            if periods[index][0] <= step[0]:
+                own.append(step)
+        return own
 
-    def release(self, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> None:
-        """The loop closed: keep its steps (full mode), stop counting."""
+    def release(self, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> int:
+        """The loop closed: keep its steps (full mode), stop counting. Returns how many
+        steps it kept."""
         self.run_stopped()
         if step_ring is not None and self.slot is not None:
-            self.closed_steps = self.own_steps(step_ring(self.slot))
+            kept = array("q")
+            for step in self.own_steps(step_ring(self.slot)):
+                kept.extend(step)
+            self.closed_steps = kept
         self.slot = None
+        return len(self.closed_steps) // 3
 
     def steps(self) -> int:
         running = 0
@@ -167,9 +182,10 @@ class LoopRecord:
             lag_source = "heartbeat"
         else:
             histogram, lag_max, lag_source = (), 0, "iterations"
-        steps_timeline = self.closed_steps
+        closed = self.closed_steps
+        steps_timeline = tuple(zip(closed[0::3], closed[1::3], closed[2::3], strict=True))
         if full and step_ring is not None and self.slot is not None:
-            steps_timeline = self.own_steps(step_ring(self.slot))
+            steps_timeline = tuple(self.own_steps(step_ring(self.slot)))
         return LoopFigures(
             loop_id=self.loop_id, kind=self.kind, thread_id=self.thread_id,
             thread_name=self.thread_name, coverage=self.coverage, missing=self.missing,
@@ -245,6 +261,23 @@ class Recorder:
                 del self._loops[index]
                 self._dropped["loops"] += 1
                 return
+
+    def release_loop(self, record: LoopRecord,
+                     step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> None:
+        """A loop closed. Full mode keeps the steps of closed loops for the timeline, within
+        one ring's worth in total: the oldest closed loops' steps make room."""
+        kept = record.release(step_ring)
+        if not kept:
+            return
+        with self._lock:
+            total = sum(len(r.closed_steps) // 3 for r in self._loops)
+            for old in self._loops:
+                if total <= self.options.buffer_size:
+                    break
+                if old is not record and old.closed_steps:
+                    total -= len(old.closed_steps) // 3
+                    self._dropped["timeline_steps"] += len(old.closed_steps) // 3
+                    old.closed_steps = array("q")
 
     def loop_record(self, loop: Any) -> LoopRecord | None:
         try:

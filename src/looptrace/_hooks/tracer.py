@@ -312,7 +312,7 @@ class Tracer:
             record.timer = FrozenTimer(timer)
             self._timers = [(r, m) for r, m in self._timers if r() is not None
                             and r() is not selector]
-        record.release(self.step_ring())
+        self.recorder.release_loop(record, self.step_ring())
         if record.heartbeat is not None:
             record.heartbeat.stop()
             self._heartbeats = [h for h in self._heartbeats if h is not record.heartbeat]
