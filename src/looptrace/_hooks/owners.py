@@ -59,13 +59,18 @@ def task_name(task: Any) -> str:
     return str(task.get_name())
 
 
+def unwrap_partial(callback: Any) -> Any:
+    """The function inside (nested) ``functools.partial`` objects."""
+    for _ in range(8):
+        if not isinstance(callback, functools.partial):
+            break
+        callback = callback.func
+    return callback
+
+
 def callback_name(callback: Any) -> str:
     """``module.Qualname`` of a callback, looking through ``functools.partial``."""
-    for _ in range(8):
-        if isinstance(callback, functools.partial):
-            callback = callback.func
-        else:
-            break
+    callback = unwrap_partial(callback)
     qualname = getattr(callback, "__qualname__", None)
     if qualname is None:
         return type(callback).__qualname__

@@ -24,9 +24,9 @@ import contextvars
 import os
 import sys
 import threading
-from asyncio import events
 from abc import ABCMeta
 from array import array
+from asyncio import events
 from collections.abc import Callable, Collection
 from time import perf_counter_ns
 from typing import Any, Protocol

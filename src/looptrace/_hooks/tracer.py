@@ -39,7 +39,14 @@ from .blocks import LongStep
 from .frames import CodeMap, location
 from .gcwatch import GcWatch
 from .heartbeat import Heartbeat
-from .owners import OwnerTable, await_point, callback_name, coroutine_name, task_of
+from .owners import (
+    OwnerTable,
+    await_point,
+    callback_name,
+    coroutine_name,
+    task_of,
+    unwrap_partial,
+)
 from .policy import PolicyDoor
 from .probes import ProbeBuffer, Probes
 from .selector import FrozenTimer, detach_timer, is_real_selector, make_select_timer
@@ -122,26 +129,23 @@ class Tracer:
 
     def stop(self) -> None:
         """Undo everything; safe to call after a partial start and more than once."""
-        self.active = False
-        if self.step_hook is not None:
-            self.step_hook.enabled = 0
-        self._patches.revert_all()
-        self.policy.close()
-        self.gc_watch.stop()
-        if self.probes is not None:
-            self.probes.revert()
+        self._switch_off(locked=True)
         with self._attach_lock:
             for record in self.recorder.loop_records():
                 self._release(record)
             self._timers.clear()
-            for heartbeat in self._heartbeats:
-                heartbeat.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
 
     def abandon(self) -> None:
         """Switch every hook off without taking a lock (in a forked child, a lock held by
         one of the parent's threads at fork time is never released)."""
+        self._switch_off(locked=False)
+        for record in list(self.recorder._loops):
+            if record.timer is not None:
+                record.timer.enabled = 0
+
+    def _switch_off(self, *, locked: bool) -> None:
         self.active = False
         if self.step_hook is not None:
             self.step_hook.enabled = 0
@@ -149,10 +153,7 @@ class Tracer:
         self.policy.close()
         self.gc_watch.stop()
         if self.probes is not None:
-            self.probes.revert(locked=False)
-        for record in list(self.recorder._loops):
-            if record.timer is not None:
-                record.timer.enabled = 0
+            self.probes.revert(locked=locked)
         for heartbeat in self._heartbeats:
             heartbeat.stop()
 
@@ -446,12 +447,7 @@ def _guarded(callback: Callable[..., None], hook: str,
 
 
 def _callback_location(callback: Any) -> CodeLocation | None:
-    for _ in range(8):
-        if isinstance(callback, functools.partial):
-            callback = callback.func
-        else:
-            break
-    code = getattr(callback, "__code__", None)
+    code = getattr(unwrap_partial(callback), "__code__", None)
     if code is None:
         return None
     return CodeLocation(os.path.abspath(code.co_filename), code.co_firstlineno, code.co_qualname)
