@@ -215,3 +215,35 @@ def test_importing_looptrace_does_not_import_opentelemetry() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_block_follows_its_parents_sampling_decision() -> None:
+    """Under the SDK's default ParentBased sampler, a block inside a request that was not
+    sampled is not exported (no orphan span); inside a sampled one, it is."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    def parent(trace_id: int, flags: int) -> NonRecordingSpan:
+        return NonRecordingSpan(SpanContext(trace_id, 0x1234, is_remote=True,
+                                            trace_flags=TraceFlags(flags)))
+
+    async def request(trace_id: int, flags: int) -> None:
+        with trace.use_span(parent(trace_id, flags)):
+            await asyncio.sleep(0)
+            time.sleep(0.05)
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await request(0xA1, TraceFlags.DEFAULT)
+        await request(0xB2, TraceFlags.SAMPLED)
+
+    with memory_otel() as otel:
+        with looptrace.installed(threshold_ms=30) as tracing:
+            asyncio.run(main())
+        session = tracing.snapshot()
+        spans = _block_spans(otel.finished(), "time.sleep")
+    assert [(b.trace_id, b.trace_sampled) for b in session.blocks] == [
+        (f"{0xA1:032x}", False), (f"{0xB2:032x}", True)]
+    (span,) = spans
+    assert span.context.trace_id == 0xB2
+    assert span.parent is not None and span.parent.span_id == 0x1234

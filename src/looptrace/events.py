@@ -58,6 +58,7 @@ class ProbeCall:
     task: str | None
     trace_id: int | None
     span_id: int | None
+    trace_sampled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class Block:
     span_id: int | None
     gc_ns: int = 0
     """Time the garbage collector ran during the block."""
+    trace_sampled: bool = True
+    """Whether the parent span (``trace_id``/``span_id``) was sampled."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ class BlockEvent:
     span_id: str | None
     stack: tuple[CodeLocation, ...]
     gc_ms: float = 0.0
+    trace_sampled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +346,7 @@ def _read_block(r: _Reader) -> BlockEvent:
         samples=r["samples"].integer(), trace_id=r["trace_id"].opt_text(),
         span_id=r["span_id"].opt_text(), stack=_stack(r["stack"]),
         gc_ms=r.get("gc_ms", 0.0).number(),
+        trace_sampled=r.get("trace_sampled", True).boolean(),
     )
 
 

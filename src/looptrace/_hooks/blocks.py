@@ -46,6 +46,7 @@ class LongStep:
     trace_id: int | None
     span_id: int | None
     probe_calls: list[ProbeCall]
+    trace_sampled: bool = True
     gc_ns: int = 0
     gc_generation: int = -1
 
@@ -74,7 +75,7 @@ class SiteSamples:
     count: int = 0
     stack: tuple[CodeLocation, ...] = ()
     tasks: Counter[int] = field(default_factory=Counter)
-    spans: Counter[tuple[int, int]] = field(default_factory=Counter)
+    spans: Counter[tuple[int, int, bool]] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -89,7 +90,7 @@ class StepSamples:
 
     def add(self, site: CodeLocation | None, callee: str | None,
             stack: tuple[CodeLocation, ...], task: Any, coroutine: str | None,
-            span: tuple[int, int] | None) -> None:
+            span: tuple[int, int, bool] | None) -> None:
         self.count += 1
         key = (site, callee)
         entry = self.by_site.get(key)
@@ -125,7 +126,7 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
     site_source: SiteSource = step.fallback_source if site is not None else "unknown"
     stack: tuple[CodeLocation, ...] = (site,) if site is not None else ()
     task, coroutine = step.task, step.coroutine
-    trace_id, span_id = step.trace_id, step.span_id
+    trace_id, span_id, trace_sampled = step.trace_id, step.span_id, step.trace_sampled
 
     best = samples.most_common() if samples is not None else None
     if best is not None:
@@ -137,7 +138,7 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
             sampled = samples.tasks[entry.tasks.most_common(1)[0][0]]  # type: ignore[union-attr]
             task, coroutine = sampled.current_name(), sampled.coroutine
         if entry.spans:
-            trace_id, span_id = entry.spans.most_common(1)[0][0]
+            trace_id, span_id, trace_sampled = entry.spans.most_common(1)[0][0]
 
     by_call: Counter[str] = Counter()
     for probe_call in step.probe_calls:
@@ -155,6 +156,7 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
                 task = longest.task
             if longest.trace_id is not None:
                 trace_id, span_id = longest.trace_id, longest.span_id
+                trace_sampled = longest.trace_sampled
 
     if kind == "slow-step" and step.gc_ns * 2 >= duration:
         # Mostly a garbage collection: not the fault of whatever line was running.
@@ -168,5 +170,5 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         call=call, site=site, site_source=site_source, stack=stack, task=task,
         coroutine=coroutine, callback=step.callback,
         samples=samples.count if samples is not None else 0,
-        trace_id=trace_id, span_id=span_id, gc_ns=step.gc_ns,
+        trace_id=trace_id, span_id=span_id, gc_ns=step.gc_ns, trace_sampled=trace_sampled,
     )

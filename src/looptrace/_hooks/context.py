@@ -31,9 +31,10 @@ def _otel_var() -> contextvars.ContextVar[Any] | None:
     return var if isinstance(var, contextvars.ContextVar) else None
 
 
-def span_ids(ctx: contextvars.Context | None) -> tuple[int, int] | None:
-    """``(trace_id, span_id)`` of the span current in ``ctx`` (None: the calling code's own
-    context), or None when there is no valid span."""
+def span_ids(ctx: contextvars.Context | None) -> tuple[int, int, bool] | None:
+    """``(trace_id, span_id, sampled)`` of the span current in ``ctx`` (None: the calling
+    code's own context), or None when there is no valid span. ``sampled`` lets the block's
+    span follow its parent's sampling decision."""
     var = _otel_var()
     if var is None:
         return None
@@ -47,4 +48,5 @@ def span_ids(ctx: contextvars.Context | None) -> tuple[int, int] | None:
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return None
-    return int(span_context.trace_id), int(span_context.span_id)
+    return (int(span_context.trace_id), int(span_context.span_id),
+            bool(int(span_context.trace_flags) & 0x01))

@@ -89,7 +89,8 @@ class ProbeBuffer:
             calls = self._calls.setdefault(thread_id, deque(maxlen=_BUFFER_PER_THREAD))
         calls.append(ProbeCall(call, start_ns, duration_ns, thread_id, site, stack,
                                task.get_name() if task is not None else None,
-                               ids[0] if ids else None, ids[1] if ids else None))
+                               ids[0] if ids else None, ids[1] if ids else None,
+                               ids[2] if ids else True))
 
     def between(self, thread_id: int, start_ns: int, end_ns: int) -> list[ProbeCall]:
         """The calls a thread made entirely within ``[start_ns, end_ns]``."""

@@ -355,6 +355,7 @@ class Tracer:
                 callback=None if task is not None else callback_name(callback),
                 fallback_site=fallback, fallback_source=source,
                 trace_id=span[0] if span else None, span_id=span[1] if span else None,
+                trace_sampled=span[2] if span else True,
                 probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation))
         except Exception as exc:
             self.recorder.fault("steps", exc)

@@ -186,7 +186,7 @@ class OtelSink:
         if tracer is not None:
             start = block.start_ns + self._offset_ns
             span = tracer.start_span(
-                BLOCK_SPAN, context=_parent(block.trace_id, block.span_id),
+                BLOCK_SPAN, context=_parent(block.trace_id, block.span_id, block.trace_sampled),
                 kind=SpanKind.INTERNAL, start_time=start,
                 attributes=attributes_of_block(block))
             span.end(end_time=start + block.duration_ns)
@@ -276,10 +276,13 @@ class OtelSink:
             logging.getLogger(_METRIC_EXPORTER_LOGGER).removeFilter(self._metric_trouble)
 
 
-def _parent(trace_id: int | None, span_id: int | None) -> Context:
+def _parent(trace_id: int | None, span_id: int | None, sampled: bool = True) -> Context:
     """A context whose current span is the block's parent (the span that was current in
     the code that blocked), or an empty one: the block starts its own trace."""
     if not trace_id or not span_id:
         return Context()
-    parent = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+    # The parent's own sampling decision: under a ParentBased sampler, a block inside a
+    # request that was not sampled is not sampled either (no orphan spans in the backend).
+    flags = _SAMPLED if sampled else TraceFlags(TraceFlags.DEFAULT)
+    parent = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
     return trace.set_span_in_context(NonRecordingSpan(parent), Context())
