@@ -78,6 +78,7 @@ def block_event(block: Block, recording: Recording) -> BlockEvent:
         trace_id=f"{block.trace_id:032x}" if block.trace_id is not None else None,
         span_id=f"{block.span_id:016x}" if block.span_id is not None else None,
         stack=block.stack, gc_ms=ms(block.gc_ns), trace_sampled=block.trace_sampled,
+        cpu_wait_ms=ms(block.cpu_wait_ns),
     )
 
 

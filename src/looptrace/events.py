@@ -24,9 +24,10 @@ BlockKind = Literal["blocking-call", "slow-step"]
 """``blocking-call``: a probe on a known blocking function explains most of the block.
 ``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O)."""
 
-SiteSource = Literal["probe", "samples", "await-point", "callback", "gc", "unknown"]
+SiteSource = Literal["probe", "samples", "await-point", "callback", "gc", "cpu", "unknown"]
 """How a block's site was found, from most to least exact; ``gc``: no site, the block was
-mostly a garbage-collection pause."""
+mostly a garbage-collection pause; ``cpu``: no site, the loop thread mostly waited for a
+CPU."""
 
 DurationSource = Literal["step-timer", "heartbeat"]
 """``step-timer``: measured around the step. ``heartbeat``: the lateness of a timer, on
@@ -86,6 +87,8 @@ class Block:
     """Time the garbage collector ran during the block."""
     trace_sampled: bool = True
     """Whether the parent span (``trace_id``/``span_id``) was sampled."""
+    cpu_wait_ns: int = 0
+    """Time the loop thread was ready to run but had no CPU during the block (Linux)."""
 
 
 @dataclass(frozen=True, slots=True)

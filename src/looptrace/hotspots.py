@@ -21,6 +21,9 @@ def _call_starts(*prefixes: str) -> Callable[[str, str | None], bool]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(_call_starts("cpu.run_queue"),
+         "the loop thread was ready to run but had no CPU (other processes or threads, or a "
+         "container CPU limit): give the service more CPU or move the competing work away"),
     Rule(_call_starts("gc.collect"),
          "a garbage collection paused the loop, not a line of yours: keep fewer long-lived "
          "container objects, or call `gc.freeze()` once start-up allocations are done"),

@@ -93,6 +93,7 @@ class BlockEvent:
     stack: tuple[CodeLocation, ...]
     gc_ms: float = 0.0
     trace_sampled: bool = True
+    cpu_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +348,7 @@ def _read_block(r: _Reader) -> BlockEvent:
         span_id=r["span_id"].opt_text(), stack=_stack(r["stack"]),
         gc_ms=r.get("gc_ms", 0.0).number(),
         trace_sampled=r.get("trace_sampled", True).boolean(),
+        cpu_wait_ms=r.get("cpu_wait_ms", 0.0).number(),
     )
 
 

@@ -25,6 +25,20 @@ from looptrace.events import (
 )
 
 _MAX_SITES_PER_STEP = 64
+CPU_STARVED = "cpu.run_queue"
+"""The call named for a block spent mostly waiting for a CPU."""
+
+
+def _cpu_wait(step: LongStep, samples: StepSamples | None, duration: int) -> int:
+    """Time the loop thread waited for a CPU during the step: measured from the first
+    sample to the step's end, and scaled to the whole step."""
+    if samples is None or samples.sched is None or step.sched_end is None:
+        return 0
+    start, _, waited_before = samples.sched
+    end, _, waited_after = step.sched_end
+    if end <= start:
+        return 0
+    return max(0, min(duration, (waited_after - waited_before) * duration // (end - start)))
 
 
 @dataclass(slots=True)
@@ -47,6 +61,8 @@ class LongStep:
     span_id: int | None
     probe_calls: list[ProbeCall]
     trace_sampled: bool = True
+    sched_end: tuple[int, int, int] | None = None
+    """(end_ns, ns on a CPU, ns waiting for one) of the loop thread when the step ended."""
     gc_ns: int = 0
     gc_generation: int = -1
 
@@ -87,6 +103,8 @@ class StepSamples:
     by_site: dict[tuple[CodeLocation | None, str | None], SiteSamples] = field(
         default_factory=dict)
     tasks: dict[int, SampledTask] = field(default_factory=dict)
+    sched: tuple[int, int, int] | None = None
+    """(time, ns on a CPU, ns waiting for one) of the loop thread at the first sample."""
 
     def add(self, site: CodeLocation | None, callee: str | None,
             stack: tuple[CodeLocation, ...], task: Any, coroutine: str | None,
@@ -158,10 +176,14 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
                 trace_id, span_id = longest.trace_id, longest.span_id
                 trace_sampled = longest.trace_sampled
 
+    cpu_wait = _cpu_wait(step, samples, duration)
     if kind == "slow-step" and step.gc_ns * 2 >= duration:
         # Mostly a garbage collection: not the fault of whatever line was running.
         generation = f" (generation {step.gc_generation})" if step.gc_generation >= 0 else ""
         call, site, site_source, stack = f"gc.collect{generation}", None, "gc", ()
+    elif kind == "slow-step" and cpu_wait * 2 >= duration:
+        # Mostly waiting for a CPU: the machine or the container's CPU limit, not the line.
+        call, site, site_source, stack = CPU_STARVED, None, "cpu", ()
 
     return Block(
         loop_id=step.loop_id, thread_id=step.thread_id, thread_name=step.thread_name,
@@ -171,4 +193,5 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         coroutine=coroutine, callback=step.callback,
         samples=samples.count if samples is not None else 0,
         trace_id=trace_id, span_id=span_id, gc_ns=step.gc_ns, trace_sampled=trace_sampled,
+        cpu_wait_ns=cpu_wait,
     )

@@ -33,7 +33,7 @@ from looptrace._config import Options
 from looptrace._recorder import LoopRecord, Recorder
 from looptrace.events import CodeLocation, SiteSource
 
-from . import context
+from . import context, schedstat
 from ._patch import Patch, PatchSet
 from .blocks import LongStep
 from .frames import CodeMap, location
@@ -346,9 +346,10 @@ class Tracer:
             probe_calls = (self.probes.buffer.between(thread.ident or 0, start_ns, end_ns)
                            if self.probes is not None else [])
             gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, end_ns)
+            sample_key = (thread.ident or 0, seq)
             self.watchdog.submit(LongStep(
                 loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
-                start_ns=start_ns, end_ns=end_ns, sample_key=(thread.ident or 0, seq),
+                start_ns=start_ns, end_ns=end_ns, sample_key=sample_key,
                 duration_source="step-timer",
                 task=task.get_name() if task is not None else None,
                 coroutine=coroutine_name(task) if task is not None else None,
@@ -356,7 +357,8 @@ class Tracer:
                 fallback_site=fallback, fallback_source=source,
                 trace_id=span[0] if span else None, span_id=span[1] if span else None,
                 trace_sampled=span[2] if span else True,
-                probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation))
+                probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
+                sched_end=_sched_now(end_ns) if self.watchdog.sampled(sample_key) else None))
         except Exception as exc:
             self.recorder.fault("steps", exc)
 
@@ -374,12 +376,14 @@ class Tracer:
                        if self.probes is not None else [])
         start_ns = min([due_ns, *(c.start_ns for c in probe_calls)])
         gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, now_ns)
+        sample_key = (heartbeat.key, heartbeat.beats)
         self.watchdog.submit(LongStep(
             loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
-            start_ns=start_ns, end_ns=now_ns, sample_key=(heartbeat.key, heartbeat.beats),
+            start_ns=start_ns, end_ns=now_ns, sample_key=sample_key,
             duration_source="heartbeat", task=None, coroutine=None, callback=None,
             fallback_site=None, fallback_source="unknown", trace_id=None, span_id=None,
-            probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation))
+            probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
+            sched_end=_sched_now(now_ns) if self.watchdog.sampled(sample_key) else None))
 
     # -- faults and housekeeping
 
@@ -445,6 +449,11 @@ def _guarded(callback: Callable[..., None], hook: str,
             recorder.fault(hook, exc)
 
     return call
+
+
+def _sched_now(end_ns: int) -> tuple[int, int, int] | None:
+    reading = schedstat.of_this_thread()
+    return (end_ns, *reading) if reading is not None else None
 
 
 def _callback_location(callback: Any) -> CodeLocation | None:

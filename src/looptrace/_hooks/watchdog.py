@@ -18,7 +18,7 @@ from typing import Any
 
 from looptrace._clock import now_ns
 
-from . import context
+from . import context, schedstat
 from .blocks import LongStep, StepSamples, build_block
 from .frames import CodeMap, locate
 from .owners import coroutine_name
@@ -138,7 +138,7 @@ class Watchdog:
                     continue
                 if frames is None:
                     frames = current_frames()
-                self._sample(key, frames.get(thread_id), handle, loop)
+                self._sample(key, thread_id, frames.get(thread_id), handle, loop)
                 wait = min(wait, self._sample_ns)
             del frames
         if now >= self._next_housekeeping:
@@ -146,7 +146,12 @@ class Watchdog:
             self._housekeeping()
         return max(wait, _MIN_WAIT_NS)
 
-    def _sample(self, key: tuple[object, int], frame: Any, handle: Any, loop: Any) -> None:
+    def sampled(self, key: tuple[object, int]) -> bool:
+        """Whether the step ``key`` was sampled (so far)."""
+        return key in self._samples
+
+    def _sample(self, key: tuple[object, int], thread_id: int, frame: Any, handle: Any,
+                loop: Any) -> None:
         if frame is None:
             return
         site, callee, stack = locate(frame, self._codemap)
@@ -165,6 +170,9 @@ class Watchdog:
         samples = self._samples.get(key)
         if samples is None:
             samples = self._samples[key] = StepSamples()
+            reading = schedstat.of_thread(thread_id)
+            if reading is not None:
+                samples.sched = (now_ns(), *reading)
         samples.add(site, callee, stack, task,
                     coroutine_name(task) if task is not None else None, span)
         self.samples_taken += 1
