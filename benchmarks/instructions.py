@@ -15,13 +15,13 @@ so this complements the A/B timings of overhead.py; it does not replace them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+
+import callgrind
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,7 +51,7 @@ os._exit(0)
 """
 
 SIZES = (50, 150)  # per task: 5,000 and 15,000 steps (or hops)
-_TOTAL = re.compile(r"Collected : (\d+)")
+WORKLOADS = ("task_pingpong", "callback_chain")
 
 
 def count(python: str, workload: str, install: str, size: int) -> int:
@@ -59,17 +59,11 @@ def count(python: str, workload: str, install: str, size: int) -> int:
         f.write(PROGRAM.format(here=HERE, install=install, workload=workload, size=size))
         path = f.name
     try:
-        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                               python, path], capture_output=True, text=True, check=False,
-                              env={**os.environ, "GLIBC_TUNABLES":
-                                   "glibc.malloc.mmap_threshold=1048576:"
-                                   "glibc.malloc.trim_threshold=4194304"})
+        proc = subprocess.run([*callgrind.COMMAND, python, path], capture_output=True,
+                              text=True, check=False, env=callgrind.ENV)
     finally:
         os.unlink(path)
-    match = _TOTAL.search(proc.stderr)
-    if match is None:
-        raise SystemExit(f"callgrind failed:\n{proc.stderr[-2000:]}")
-    return int(match.group(1))
+    return callgrind.total(proc.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,38 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("instructions: valgrind is missing (apt-get install valgrind)", file=sys.stderr)
         return 2
-    version = subprocess.run([args.python, "-c", "import platform; "
-                              "print(platform.python_version())"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = callgrind.python_version(args.python)
     steps = (100 * SIZES[1]) - (100 * SIZES[0])
     results: dict[str, dict[str, float]] = {}
-    for workload in ("task_pingpong", "callback_chain"):
+    for workload in WORKLOADS:
         for name, install in CONFIGS.items():
             low, high = (count(args.python, workload, install, size) for size in SIZES)
             per_step = (high - low) / steps
             results.setdefault(workload, {})[name] = per_step
             print(f"{workload:<15} {name:<30} {per_step:,.0f} instructions per step",
                   flush=True)
-    lines = [f"Python {version}, callgrind, instructions per step (task ping-pong, 100 tasks) "
-             "or per hop (callback chain), added over no tracer in parentheses.", "",
-             "| configuration | task_pingpong | callback_chain |", "|---|---|---|"]
-    for name in CONFIGS:
-        cells = []
-        for workload in ("task_pingpong", "callback_chain"):
-            value, base = results[workload][name], results[workload]["none"]
-            cells.append(f"{value:,.0f}" if name == "none" else
-                         f"{value:,.0f} ({value - base:+,.0f}, {value / base - 1:+.1%})")
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
+    markdown = callgrind.table(
+        f"Python {version}, callgrind, instructions per step (task ping-pong, 100 tasks) "
+        "or per hop (callback chain), added over no tracer in parentheses.",
+        WORKLOADS, CONFIGS, results)
     out = args.json or os.path.join(HERE, "results",
                                     f"instructions-py{'.'.join(version.split('.')[:2])}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"python": version, "per_step": results}, f, indent=1)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)
+    callgrind.write(out, {"python": version, "per_step": results}, markdown)
     return 0
 
 

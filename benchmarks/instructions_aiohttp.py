@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+import callgrind
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,6 +91,7 @@ os._exit(0)
 """
 
 SIZES = (200, 600)
+PATHS = ("/hello", "/json")
 
 
 def serve(python: str, install: str, path: str, requests: int) -> int:
@@ -99,12 +101,9 @@ def serve(python: str, install: str, path: str, requests: int) -> int:
         port_file = os.path.join(work, "port")
         with open(program, "w") as f:
             f.write(SERVER.format(install=install))
-        env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576:"
-                                               "glibc.malloc.trim_threshold=4194304"}
         server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python,
-             program, str(requests), port_file],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            [*callgrind.COMMAND, python, program, str(requests), port_file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=callgrind.ENV)
         try:
             deadline = time.monotonic() + 300
             while not os.path.exists(port_file):
@@ -125,10 +124,7 @@ def serve(python: str, install: str, path: str, requests: int) -> int:
         finally:
             if server.poll() is None:
                 server.kill()
-    for line in stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise SystemExit(f"callgrind failed:\n{stderr[-2000:]}")
+    return callgrind.total(stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,37 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         print("instructions_aiohttp: valgrind is missing (apt-get install valgrind)",
               file=sys.stderr)
         return 2
-    version = subprocess.run([args.python, "-c", "import platform; "
-                              "print(platform.python_version())"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = callgrind.python_version(args.python)
     results: dict[str, dict[str, float]] = {}
-    for path in ("/hello", "/json"):
+    for path in PATHS:
         for name, install in CONFIGS.items():
             low, high = (serve(args.python, install, path, n) for n in SIZES)
             per_request = (high - low) / (SIZES[1] - SIZES[0])
             results.setdefault(path, {})[name] = per_request
             print(f"{path:<7} {name:<16} {per_request:,.0f} instructions per request",
                   flush=True)
-    lines = [f"Python {version}, callgrind, instructions per aiohttp request (server side), "
-             "added over no tracer in parentheses.", "",
-             "| configuration | /hello | /json |", "|---|---|---|"]
-    for name in CONFIGS:
-        cells = []
-        for path in ("/hello", "/json"):
-            value, base = results[path][name], results[path]["none"]
-            cells.append(f"{value:,.0f}" if name == "none" else
-                         f"{value:,.0f} ({value - base:+,.0f}, {value / base - 1:+.1%})")
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
+    markdown = callgrind.table(
+        f"Python {version}, callgrind, instructions per aiohttp request (server side), "
+        "added over no tracer in parentheses.", PATHS, CONFIGS, results)
     out = args.json or os.path.join(
         HERE, "results", f"instructions-aiohttp-py{'.'.join(version.split('.')[:2])}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"python": version, "per_request": results, "sizes": SIZES}, f, indent=1)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)
+    callgrind.write(out, {"python": version, "per_request": results, "sizes": SIZES}, markdown)
     return 0
 
 

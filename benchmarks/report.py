@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import tools
@@ -74,6 +75,18 @@ def _head(workload: str, metric: str) -> str:
     return _HEAD.get(metric if workload == "aiohttp" else workload, f"{workload} {metric}")
 
 
+def _tool_rows(tools: list[str], keys: list[tuple[str, str]], cells: dict[str, Any],
+               show: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One table row per tool: for each (workload, metric) the summary cell shown by
+    ``show``, or a dash where that run is missing."""
+    rows = []
+    for tool in tools:
+        shown = [show(cell) if (cell := cells.get(f"{workload}|{tool}|{metric}")) else "–"
+                 for workload, metric in keys]
+        rows.append(f"| `{tool}` | " + " | ".join(shown) + " |")
+    return rows
+
+
 def render(document: dict[str, Any]) -> str:
     cells = document["summary"]
     config = document["config"]
@@ -93,24 +106,14 @@ def render(document: dict[str, Any]) -> str:
     lines.append("")
     lines.append("| tool | " + " | ".join(_head(w, m) for w, m in cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
-    for tool in tool_names:
-        row = [f"`{tool}`"]
-        for workload, metric in cols:
-            cell = cells.get(f"{workload}|{tool}|{metric}")
-            row.append(_ratio(cell) if cell else "–")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _tool_rows(tool_names, cols, cells, _ratio)
     lines.append("")
     lines.append("Absolute medians, baseline → tool (added cost per operation, median of "
                  "per-pair differences; for req/s the extra server time per request):")
     lines.append("")
     lines.append("| tool | " + " | ".join(_head(w, m) for w, m in cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
-    for tool in tool_names:
-        row = [f"`{tool}`"]
-        for workload, metric in cols:
-            cell = cells.get(f"{workload}|{tool}|{metric}")
-            row.append(_abs(cell) if cell else "–")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _tool_rows(tool_names, cols, cells, _abs)
     cpu_cols = [(w, "cpu_per_request_ns" if w == "aiohttp" else "cpu_per_op_ns")
                 for w in config["workloads"]]
     lines.append("")
@@ -123,12 +126,8 @@ def render(document: dict[str, Any]) -> str:
         "aiohttp server<br>CPU/request" if w == "aiohttp" else _head(w, m).replace("time", "CPU")
         for w, m in cpu_cols) + " |")
     lines.append("|---" * (len(cpu_cols) + 1) + "|")
-    for tool in tool_names:
-        row = [f"`{tool}`"]
-        for workload, metric in cpu_cols:
-            cell = cells.get(f"{workload}|{tool}|{metric}")
-            row.append(f"{_ratio(cell)}<br>{_abs(cell)}" if cell else "–")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _tool_rows(tool_names, cpu_cols, cells,
+                        lambda cell: f"{_ratio(cell)}<br>{_abs(cell)}")
     if "aiohttp" in config["workloads"]:
         lines.append("")
         lines.append("aiohttp latency under load (wrk, fixed connections): tool/baseline ratio "
@@ -141,25 +140,16 @@ def render(document: dict[str, Any]) -> str:
         first = [cells.get(f"aiohttp|{tool_names[0]}|{k}") for k in keys]
         lines.append("| (baseline) | " + " | ".join(
             f"{c['base_median']:.2f} ms" if c else "–" for c in first) + " |")
-        for tool in tool_names:
-            row = [f"`{tool}`"]
-            for key in keys:
-                cell = cells.get(f"aiohttp|{tool}|{key}")
-                row.append(_ratio(cell) if cell else "–")
-            lines.append("| " + " | ".join(row) + " |")
+        lines += _tool_rows(tool_names, [("aiohttp", key) for key in keys], cells, _ratio)
     lines.append("")
     lines.append("Peak RSS of the workload process (median over pairs), baseline → tool:")
     lines.append("")
     workloads = config["workloads"]
     lines.append("| tool | " + " | ".join(workloads) + " |")
     lines.append("|---" * (len(workloads) + 1) + "|")
-    for tool in tool_names:
-        row = [f"`{tool}`"]
-        for workload in workloads:
-            cell = cells.get(f"{workload}|{tool}|peak_rss_kb")
-            row.append(f"{cell['base_median'] / 1024:.1f} → {cell['tool_median'] / 1024:.1f} MB"
-                       if cell else "–")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _tool_rows(tool_names, [(w, "peak_rss_kb") for w in workloads], cells,
+                        lambda cell: f"{cell['base_median'] / 1024:.1f} → "
+                                     f"{cell['tool_median'] / 1024:.1f} MB")
     sinks = [c for k, c in cells.items() if k.endswith("|sink")]
     if sinks:
         lines.append("")
