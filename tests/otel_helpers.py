@@ -1,11 +1,10 @@
-"""Shared by the OpenTelemetry tests: in-memory providers handed to looptrace, and an
-aiohttp app (with OpenTelemetry's aiohttp-server instrumentation) whose handlers block."""
+"""Shared by the OpenTelemetry tests: in-memory providers handed to looptrace, and the
+blocking handlers of otel_apps/blocking_service.py served in-process (with OpenTelemetry's
+aiohttp-server instrumentation)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from looptrace.exporters import otel
-
-SLOW_URL = web.AppKey("slow_url", str)
+from otel_apps.blocking_service import SLOW_URL, reader, sleepy
 
 
 @dataclass
@@ -53,21 +51,6 @@ def memory_otel() -> Iterator[MemoryOtel]:
         otel.use_providers(None, None)
         tracer_provider.shutdown()
         meter_provider.shutdown()
-
-
-async def sleepy(request: web.Request) -> web.Response:
-    time.sleep(0.06)  # BLOCK: sleep
-    return web.Response(text="slept")
-
-
-async def reader(request: web.Request) -> web.Response:
-    # The classic mistake: the connection is opened in an executor, the body is read on the
-    # loop thread (the slow server sends it 80 ms after the headers).
-    loop = asyncio.get_running_loop()
-    response = await loop.run_in_executor(
-        None, urllib.request.urlopen, request.app[SLOW_URL] + "/delay/80")
-    body = response.read()  # BLOCK: read
-    return web.Response(text=str(len(body)))
 
 
 async def clean(request: web.Request) -> web.Response:

@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 import looptrace
-import otel_helpers
 from helpers.lines import line_of
 from looptrace.session import BlockEvent, Session
+from otel_apps import blocking_service
 from otel_helpers import memory_otel, serve_and_request
 
-APP_FILE = otel_helpers.__file__
+APP_FILE = blocking_service.__file__
 
 # The aiohttp-server instrumentation subclasses web.Application, which aiohttp discourages.
 pytestmark = pytest.mark.filterwarnings(

@@ -16,7 +16,6 @@ import pytest
 
 import looptrace
 
-
 HOOKS = {"c-hooks": {}, "python-hooks": {"accelerator": False}, "full-mode": {"mode": "full"},
          "full-mode-python": {"mode": "full", "accelerator": False}}
 

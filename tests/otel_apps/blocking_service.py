@@ -25,6 +25,8 @@ async def sleepy(request: web.Request) -> web.Response:
 
 
 async def reader(request: web.Request) -> web.Response:
+    # The classic mistake: the connection is opened in an executor, the body is read on the
+    # loop thread (the slow server sends it 80 ms after the headers).
     loop = asyncio.get_running_loop()
     response = await loop.run_in_executor(
         None, urllib.request.urlopen, request.app[SLOW_URL] + "/delay/80")
