@@ -158,6 +158,37 @@ ring_getbuffer(PyObject *exporter, Py_buffer *view, int flags, long long *ring,
     return 0;
 }
 
+/* A ring's kept records, oldest first, as a list of tuples of `width` ints. */
+static PyObject *
+ring_to_list(const long long *ring, Py_ssize_t capacity, unsigned long long written, int width)
+{
+    unsigned long long cap = (unsigned long long)capacity;
+    unsigned long long count = written < cap ? written : cap;
+    unsigned long long first = written - count;
+    PyObject *out = PyList_New((Py_ssize_t)count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (unsigned long long k = 0; k < count; k++) {
+        const long long *rec = ring + width * ((first + k) % cap);
+        PyObject *item = PyTuple_New(width);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)k, item);
+        for (int f = 0; f < width; f++) {
+            PyObject *value = PyLong_FromLongLong(rec[f]);
+            if (value == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(item, f, value);
+        }
+    }
+    return out;
+}
+
 static int
 StepSlot_getbuffer(StepSlot *self, Py_buffer *view, int flags)
 {
@@ -892,23 +923,7 @@ StepHook_ring(StepHook *self, PyObject *arg)
     if (slot->ring == NULL) {
         return PyList_New(0);
     }
-    unsigned long long cap = (unsigned long long)slot->ring_capacity;
-    unsigned long long count = slot->ring_written < cap ? slot->ring_written : cap;
-    unsigned long long first = slot->ring_written - count;
-    PyObject *out = PyList_New((Py_ssize_t)count);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (unsigned long long k = 0; k < count; k++) {
-        long long *rec = slot->ring + 3 * ((first + k) % cap);
-        PyObject *item = Py_BuildValue("(LLL)", rec[0], rec[1], rec[2]);
-        if (item == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)k, item);
-    }
-    return out;
+    return ring_to_list(slot->ring, slot->ring_capacity, slot->ring_written, 3);
 }
 
 static PyMethodDef StepHook_methods[] = {
@@ -1218,23 +1233,7 @@ SelectTimer_ring(SelectTimer *self, PyObject *unused)
     if (self->ring == NULL) {
         return PyList_New(0);
     }
-    unsigned long long cap = (unsigned long long)self->ring_capacity;
-    unsigned long long count = self->ring_written < cap ? self->ring_written : cap;
-    unsigned long long first = self->ring_written - count;
-    PyObject *out = PyList_New((Py_ssize_t)count);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (unsigned long long k = 0; k < count; k++) {
-        long long *rec = self->ring + 4 * ((first + k) % cap);
-        PyObject *item = Py_BuildValue("(LLLL)", rec[0], rec[1], rec[2], rec[3]);
-        if (item == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)k, item);
-    }
-    return out;
+    return ring_to_list(self->ring, self->ring_capacity, self->ring_written, 4);
 }
 
 static PyObject *
