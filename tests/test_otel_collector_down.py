@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import looptrace
+from helpers.collectors import dead_endpoint, otlp_collector
 from looptrace._clock import epoch_offset_ns
 from looptrace._config import resolve
 from looptrace._recorder import Recorder
@@ -49,48 +47,15 @@ asyncio.run(main())
 @pytest.fixture(params=["refused", "black-holed"])
 def dead_collector(request: pytest.FixtureRequest) -> Iterator[str]:
     """The base URL of a loopback OTLP endpoint that is down (refuses) or hangs."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    if request.param == "refused":
-        sock.close()  # nothing listens there now: connections are refused
-        yield f"http://127.0.0.1:{port}"
-        return
-    sock.listen(1)  # the kernel completes handshakes; nobody ever reads or answers
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        sock.close()
-
-
-class _AcceptingCollector(http.server.BaseHTTPRequestHandler):
-    """Takes every OTLP/HTTP export (an empty protobuf answer means: all accepted)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # the stdlib names it so
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    with dead_endpoint(request.param) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def live_collector() -> Iterator[str]:
     """A loopback OTLP/HTTP endpoint that accepts everything: the baseline."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AcceptingCollector)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="otlp-collector", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with otlp_collector() as collector:
+        yield collector.url
 
 
 def _run(tmp_path: Path, name: str, *options: str) -> tuple[float, dict[str, object]]:

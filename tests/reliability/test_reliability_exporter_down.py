@@ -11,11 +11,8 @@ black-holed collectors; these tests take the traced program's side, and add the 
 from __future__ import annotations
 
 import gc
-import http.server
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import run_python
 
+from helpers.collectors import dead_endpoint, otlp_collector
 from looptrace._clock import epoch_offset_ns
 from looptrace._config import resolve
 from looptrace._recorder import Recorder
@@ -52,62 +50,17 @@ sys.exit(4)
 """
 
 
-class _Collector(http.server.BaseHTTPRequestHandler):
-    """Answers each OTLP export with success, after ``delay`` seconds."""
-
-    protocol_version = "HTTP/1.1"
-    delay = 0.0
-    stop = threading.Event()
-
-    def do_POST(self) -> None:  # the stdlib names it so
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if type(self).stop.wait(type(self).delay):
-            return  # the test is over: just hang up
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _QuietServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a client that gave up on a slow answer is the point of the test
-
-
 @pytest.fixture
 def collector(request: pytest.FixtureRequest) -> Iterator[str]:
-    """An OTLP/HTTP endpoint on loopback: working, refused, black-holed, or slow."""
+    """An OTLP/HTTP endpoint on loopback: refused, black-holed, or slow."""
     mode = request.param
+    assert mode in ("refused", "black-holed", "slow"), mode
     if mode in ("refused", "black-holed"):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        if mode == "refused":
-            sock.close()  # nothing listens there: connections are refused
-        else:
-            sock.listen(1)  # handshakes complete; nobody ever reads or answers
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            sock.close()
+        with dead_endpoint(mode) as url:
+            yield url
         return
-    stop = threading.Event()
-    handler = type("Collector", (_Collector,), {
-        "delay": SLOW_ANSWER_S if mode == "slow" else 0.0, "stop": stop})
-    server = _QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with otlp_collector(delay_s=SLOW_ANSWER_S) as live:
+        yield live.url
 
 
 def _traced(script: Path, report: Path, endpoint: str | None
@@ -132,18 +85,8 @@ def working_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, 
     directory = tmp_path_factory.mktemp("exporter")
     script = directory / "program.py"
     script.write_text(PROGRAM)
-    stop = threading.Event()
-    handler = type("Collector", (_Collector,), {"delay": 0.0, "stop": stop})
-    server = _QuietServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        wall, _, stdout, stderr, status = _traced(script, directory / "working.json",
-                                                  endpoint)
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with otlp_collector() as live:
+        wall, _, stdout, stderr, status = _traced(script, directory / "working.json", live.url)
     report = json.loads((directory / "working.json").read_text())
     assert "spans" not in report["dropped"], report["dropped"]
     assert status == 4, stderr

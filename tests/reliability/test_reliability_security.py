@@ -5,17 +5,14 @@ argument, no environment value. The HTML report escapes every string it shows.""
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import json
-import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from reliability_helpers import run_python
+
+from helpers.collectors import Collector, otlp_collector
 
 SECRETS = {
     "argument": "SECRET-ARGUMENT-6f1d",
@@ -96,42 +93,11 @@ def LISTENING():
 '''
 
 
-class _Collector(http.server.BaseHTTPRequestHandler):
-    """A loopback OTLP/HTTP collector that keeps every request body it receives."""
-
-    protocol_version = "HTTP/1.1"
-    bodies: ClassVar[list[bytes]] = []
-
-    def do_POST(self) -> None:  # the stdlib names it so
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        encoding = self.headers.get("Content-Encoding", "")
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        type(self).bodies.append(body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[str, list[bytes]]]:
-    """(endpoint, request bodies) of a collector that takes every export."""
-    bodies: ClassVar[list[bytes]] = []
-    handler = type("Collector", (_Collector,), {"bodies": bodies})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
+def collector() -> Iterator[Collector]:
+    """A loopback collector that takes every export and keeps the request bodies."""
+    with otlp_collector() as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +130,9 @@ def test_looptrace_opens_no_listening_socket(traced: tuple[str, object, object])
 
 
 def test_looptrace_opens_no_listening_socket_while_exporting(
-        tmp_path: Path, collector: tuple[str, list[bytes]]) -> None:
+        tmp_path: Path, collector: Collector) -> None:
     """Exporting spans over OTLP is a client: still no listening socket."""
-    endpoint, _ = collector
+    endpoint = collector.url
     script = tmp_path / "app.py"
     script.write_text(LISTENING + PROGRAM)
     result = run_python(["-m", "looptrace", "run", "--quiet", "--threshold-ms", "10",
@@ -190,9 +156,9 @@ def test_reports_never_carry_values(traced: tuple[str, dict[str, object], dict[s
         assert SECRETS[kind] not in text, f"the {kind} value leaked into the {fmt} output"
 
 
-def test_spans_never_carry_values(tmp_path: Path, collector: tuple[str, list[bytes]]) -> None:
+def test_spans_never_carry_values(tmp_path: Path, collector: Collector) -> None:
     """The OTLP spans (and metrics) sent to a collector name code, never values."""
-    endpoint, bodies = collector
+    endpoint, bodies = collector.url, collector.bodies
     script = tmp_path / "app.py"
     script.write_text(LISTENING + PROGRAM)
     result = run_python(["-m", "looptrace", "run", "--quiet", "--threshold-ms", "10",
