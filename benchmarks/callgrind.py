@@ -1,18 +1,18 @@
 """What instructions.py and instructions_aiohttp.py share: running a Python program under
-callgrind, reading its instruction total, and writing the per-operation table."""
+callgrind, reading its instruction total, and the per-operation table."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
 
-# Fixed malloc thresholds: glibc's adaptive mmap threshold would otherwise make the count
-# depend on the allocation history of the run.
-ENV = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576:"
-                                       "glibc.malloc.trim_threshold=4194304"}
+import tools
+
+# The malloc thresholds every benchmark pins: glibc's adaptive mmap threshold would
+# otherwise make the count depend on the allocation history of the run.
+ENV = {**os.environ, "GLIBC_TUNABLES": tools.MALLOC_PINNED}
 COMMAND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 _TOTAL = re.compile(r"Collected : (\d+)")
 
@@ -46,13 +46,3 @@ def table(title: str, columns: Iterable[str], configs: Iterable[str],
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
-
-def write(out: str, document: dict[str, object], markdown: str) -> None:
-    """The JSON results and, beside them, the Markdown table; the table is printed too."""
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(document, f, indent=1)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)

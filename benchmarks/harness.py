@@ -365,6 +365,15 @@ def save(path: str, document: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def save_with_table(path: str, document: dict[str, Any], markdown: str) -> None:
+    """The JSON results at ``path``, their Markdown table beside it (.md), the table printed."""
+    save(path, document)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(markdown)
+    print()
+    print(markdown)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 

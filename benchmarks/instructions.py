@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 import callgrind
+import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         WORKLOADS, CONFIGS, results)
     out = args.json or os.path.join(HERE, "results",
                                     f"instructions-py{'.'.join(version.split('.')[:2])}.json")
-    callgrind.write(out, {"python": version, "per_step": results}, markdown)
+    harness.save_with_table(out, {"python": version, "per_step": results}, markdown)
     return 0
 
 

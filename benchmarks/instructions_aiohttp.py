@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import callgrind
+import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "added over no tracer in parentheses.", PATHS, CONFIGS, results)
     out = args.json or os.path.join(
         HERE, "results", f"instructions-aiohttp-py{'.'.join(version.split('.')[:2])}.json")
-    callgrind.write(out, {"python": version, "per_request": results, "sizes": SIZES}, markdown)
+    harness.save_with_table(
+        out, {"python": version, "per_request": results, "sizes": SIZES}, markdown)
     return 0
 
 

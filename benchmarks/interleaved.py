@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="results file (default benchmarks/results/"
                                        "interleaved-py<version>.json)")
     args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the table shows quartiles over rounds)")
     if os.environ.get("GLIBC_TUNABLES") != tools.MALLOC_PINNED:
         # Pin malloc as every other benchmark does: re-exec with the tunables set.
         env = {**os.environ, "GLIBC_TUNABLES": tools.MALLOC_PINNED}
@@ -122,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_end": os.getloadavg(), "python": sys.version.split()[0],
                 "rounds": args.rounds, "results": results}
     out = args.json or os.path.join(harness.HERE, "results", f"interleaved-py{version}.json")
-    harness.save(out, document)
-    markdown = render(document)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)
+    harness.save_with_table(out, document, render(document))
     return 0
 
 

@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": time.monotonic() - began, "machine": machine, "niceness": niceness,
                 "loadavg_end": os.getloadavg(), "python": info, "steps": args.steps,
                 "rows": rows}
-    harness.save(out, document)
-    markdown = render(document)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)
+    harness.save_with_table(out, document, render(document))
     print(f"memory: wrote {out}")
     over = [r for r in rows if r["tool"] != "none" and r["rss_growth_mb"] >= BUDGET_MB]
     return 1 if over else 0

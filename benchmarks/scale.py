@@ -76,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": time.monotonic() - began, "machine": machine, "niceness": niceness,
                 "loadavg_end": os.getloadavg(), "python": info, "pairs": args.pairs,
                 "quick": args.quick, "runs": runs, "rows": rows}
-    harness.save(out, document)
-    markdown = render(document)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(markdown)
-    print()
-    print(markdown)
+    harness.save_with_table(out, document, render(document))
     print(f"scale: wrote {out}")
     return 0
 
