@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from looptrace.exporters import otel
-from otel_apps.blocking_service import SLOW_URL, reader, sleepy
+from otel_apps.blocking_service import SLOW_URL, reader, serve_and_get, sleepy
 
 
 @dataclass
@@ -71,16 +71,4 @@ async def serve_and_request(slow_url: str, paths: list[str],
     app.router.add_get("/sleep", sleepy)
     app.router.add_get("/read", reader)
     app.router.add_get("/clean", clean)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with ClientSession() as session:
-            for path in paths:
-                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
-                    assert response.status == 200, await response.text()
-                    await response.read()
-    finally:
-        await runner.cleanup()
+    await serve_and_get(app, paths)

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -26,6 +25,7 @@ from structlog.testing import capture_logs
 
 import looptrace
 from looptrace.structlog import add_loop_context, add_trace_ids
+from otel_apps.blocking_service import serve_and_get
 
 
 @pytest.fixture
@@ -118,17 +118,7 @@ async def _serve_and_request(tracer: trace.Tracer) -> None:
 
     app = web.Application(middlewares=[server_span])
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as client, \
-                client.get(f"http://127.0.0.1:{port}/slow") as response:
-            assert response.status == 200
-    finally:
-        await runner.cleanup()
+    await serve_and_get(app, ["/slow"])
 
 
 def test_block_is_one_structlog_event_with_the_request_span_ids(

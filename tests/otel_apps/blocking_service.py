@@ -49,11 +49,9 @@ def own_provider() -> None:
     AioHttpServerInstrumentor().instrument()
 
 
-async def main(slow_url: str) -> None:
-    app = web.Application()
-    app[SLOW_URL] = slow_url
-    app.router.add_get("/sleep", sleepy)
-    app.router.add_get("/read", reader)
+async def serve_and_get(app: web.Application, paths: list[str]) -> None:
+    """Serve ``app`` on a loopback port and GET each path once, in order (each must answer
+    200)."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -61,12 +59,20 @@ async def main(slow_url: str) -> None:
     port = runner.addresses[0][1]
     try:
         async with ClientSession() as session:
-            for path in ("/sleep", "/read"):
+            for path in paths:
                 async with session.get(f"http://127.0.0.1:{port}{path}") as response:
                     assert response.status == 200, await response.text()
+                    await response.read()
     finally:
         await runner.cleanup()
 
+
+async def main(slow_url: str) -> None:
+    app = web.Application()
+    app[SLOW_URL] = slow_url
+    app.router.add_get("/sleep", sleepy)
+    app.router.add_get("/read", reader)
+    await serve_and_get(app, ["/sleep", "/read"])
 
 if __name__ == "__main__":
     if "--own-provider" in sys.argv[2:]:
