@@ -1,14 +1,22 @@
-"""Types of the C accelerator (see _speedups.c)."""
+"""Types of the C accelerator (see _speedups.c).
+
+``scripts/check.sh`` runs ``stubtest looptrace._speedups`` against the compiled module, so
+this file must change with the C code (constructors are ``tp_new``: hence ``__new__``;
+the C types cannot be subclassed from Python: hence ``@final``).
+"""
 
 from collections.abc import Callable, Collection
 from types import FrameType
-from typing import Any
+from typing import Any, Self, final
+
+from typing_extensions import disjoint_base
 
 HIST_SUB_BITS: int
 
 def now_ns() -> int: ...
 def current_frames() -> dict[int, FrameType]: ...
 
+@final
 class StepSlot:
     @property
     def handle(self) -> Any: ...
@@ -27,13 +35,19 @@ class StepSlot:
     @property
     def ring_capacity(self) -> int: ...
 
+# Not @final: FullStepHook derives from it in C (see the stubtest allowlist).
+@disjoint_base
 class StepHook:
     threshold_ns: int
     enabled: int
     @property
     def faults(self) -> int: ...
-    def __init__(self, original: Callable[[Any], Any],
-                 on_long_step: Callable[[Any, int, int, int], None], threshold_ns: int) -> None: ...
+    @property
+    def __wrapped__(self) -> Callable[[Any], Any]: ...
+    @property
+    def __name__(self) -> str: ...
+    def __new__(cls, original: Callable[[Any], Any],
+                on_long_step: Callable[[Any, int, int, int], None], threshold_ns: int) -> Self: ...
     def __call__(self, handle: Any) -> Any: ...
     def slots(self) -> list[StepSlot]: ...
     def current_slot(self) -> StepSlot: ...
@@ -44,11 +58,13 @@ class StepHook:
     @property
     def ring_capacity(self) -> int: ...
 
+@final
 class FullStepHook(StepHook):
-    def __init__(self, original: Callable[[Any], Any],
-                 on_long_step: Callable[[Any, int, int, int], None], threshold_ns: int,
-                 owners: Any, ring_capacity: int = 0) -> None: ...
+    def __new__(cls, original: Callable[[Any], Any],
+                on_long_step: Callable[[Any, int, int, int], None], threshold_ns: int,
+                owners: Any, ring_capacity: int = 0) -> Self: ...
 
+@final
 class SelectTimer:
     threshold_ns: int
     enabled: int
@@ -63,9 +79,11 @@ class SelectTimer:
     ring_written: int
     ring_capacity: int
     faults: int
-    def __init__(self, original: Callable[..., list[Any]],
-                 on_long_iteration: Callable[[int, int], None], threshold_ns: int,
-                 ring_capacity: int = 0) -> None: ...
+    @property
+    def __wrapped__(self) -> Callable[..., list[Any]]: ...
+    def __new__(cls, original: Callable[..., list[Any]],
+                on_long_iteration: Callable[[int, int], None], threshold_ns: int,
+                ring_capacity: int = 0) -> Self: ...
     def __call__(self, timeout: float | None = None) -> list[Any]: ...
     def histogram(self) -> list[tuple[int, int]]: ...
     def ring(self) -> list[tuple[int, int, int, int]]: ...
