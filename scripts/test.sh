@@ -7,6 +7,11 @@
 # Whatever the tests need beyond Python packages (Chromium for the HTML report check, a
 # Jaeger built from the Go module proxy) is installed by the scripts called below, or by
 # the test fixtures themselves, so this one command works on a fresh machine.
+#
+# Before pytest it runs the static checks (scripts/check.sh: ruff check, mypy --strict,
+# stubtest of the C accelerator). pytest runs even when a check failed, so one run shows
+# everything; the exit status is then 1 and the last line names the failed checks.
+# LOOPTRACE_CHECKS=0 skips them (a quick local rerun of a few tests; CI never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -20,4 +25,14 @@ fi
 for setup in scripts/setup-*.sh; do
   [ -e "$setup" ] && "$setup"
 done
-exec "$venv/bin/python" -m pytest "$@"
+checks=0
+if [ "${LOOPTRACE_CHECKS:-1}" != 0 ]; then
+  scripts/check.sh "$venv" || checks=1
+fi
+status=0
+"$venv/bin/python" -m pytest "$@" || status=$?
+if [ "$checks" != 0 ]; then
+  echo "scripts/test.sh: FAILED: the static checks failed (see 'looptrace checks FAILED' above)" >&2
+  [ "$status" = 0 ] && status=1
+fi
+exit "$status"

@@ -25,7 +25,7 @@ from ._dispatch import Dispatcher
 from ._hooks.tracer import Tracer
 from ._recorder import Recorder
 from ._version import __version__
-from .events import Block
+from .events import Block, LoopNow
 from .session import Session
 
 logger = logging.getLogger("looptrace")
@@ -38,7 +38,11 @@ LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
 
 
 class _Installation:
+    _count = 0
+
     def __init__(self, options: Options, explicit: dict[str, Any]) -> None:
+        _Installation._count += 1
+        self.id = _Installation._count
         self.options = options
         self.explicit = explicit
         self.recorder = Recorder(options, epoch_offset_ns())
@@ -165,6 +169,25 @@ def uninstall() -> Session | None:
 def is_installed() -> bool:
     """Whether looptrace is recording now."""
     return _current is not None
+
+
+# -- the internal query surface: what looptrace's own front ends (the structlog processors,
+# the pytest plugin) read of the installation, so that none of them reaches into it.
+
+
+def installation_id() -> int | None:
+    """An identity of the current installation (None when not installed): a front end that
+    installed looptrace compares it later to know whether its installation is still the
+    one running (the program may have uninstalled and installed again meanwhile)."""
+    installation = _current
+    return installation.id if installation is not None else None
+
+
+def loop_now(loop: object) -> LoopNow | None:
+    """What the current installation knows of ``loop`` right now, from its live counters
+    (no snapshot, safe on the loop's own thread); None when not installed or not recorded."""
+    installation = _current
+    return installation.recorder.loop_now(loop) if installation is not None else None
 
 
 def snapshot() -> Session:

@@ -27,6 +27,7 @@ from .events import (
     CodeLocation,
     Fault,
     LoopFigures,
+    LoopNow,
     Recording,
     SiteFigures,
     TaskFigures,
@@ -285,9 +286,26 @@ class Recorder:
         except TypeError:  # not weak-referenceable: not a loop we could have attached
             return None
 
-    def loop_records(self) -> list[LoopRecord]:
+    def loop_records(self, *, locked: bool = True) -> list[LoopRecord]:
+        """Every loop's record. ``locked=False`` reads without the lock: only in a forked
+        child, where a lock held by a thread of the parent is never released."""
+        if not locked:
+            return list(self._loops)
         with self._lock:
             return list(self._loops)
+
+    def loop_now(self, loop: object) -> LoopNow | None:
+        """``loop``'s live counters, read without a lock (on the loop's own thread)."""
+        record = self.loop_record(loop)
+        if record is None:
+            return None
+        timer = record.timer
+        slot = record.slot
+        return LoopNow(
+            loop_id=record.loop_id, blocks=record.blocks,
+            busy_ns=timer.busy_ns if timer is not None else None,
+            io_wait_ns=timer.io_wait_ns if timer is not None else None,
+            step_start_ns=(slot.start_ns if slot is not None else 0) or 0)
 
     # -- blocks
 

@@ -120,6 +120,19 @@ class LoopFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopNow:
+    """A loop's live counters at one instant, for a log line written on that loop."""
+
+    loop_id: int
+    blocks: int
+    busy_ns: int | None
+    """Time running steps so far (None: the loop has no select timer)."""
+    io_wait_ns: int | None
+    step_start_ns: int
+    """When the step running now started (0: none, or the loop's steps are not timed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SiteFigures:
     """Every block at one site (with one kind and call), aggregated."""
 

@@ -169,7 +169,7 @@ class _Recording:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.installation: Any = None
+        self.installation: int | None = None
         self.since_unix_ns = 0
         self.session: Session | None = None
 
@@ -178,7 +178,7 @@ class _Recording:
             self.since_unix_ns = time.time_ns()
             return
         _api.install(threshold_ms=self.plan.threshold_ms)
-        self.installation = _api._current
+        self.installation = _api.installation_id()
 
     def live(self) -> Session:
         if self.session is not None:
@@ -188,7 +188,7 @@ class _Recording:
     def stop(self) -> Session:
         if self.installation is not None:
             # If the test uninstalled it itself, its final report is the last one.
-            session = _api.uninstall() if _api._current is self.installation else None
+            session = _api.uninstall() if _api.installation_id() == self.installation else None
             self.session = session if session is not None else _api.snapshot()
         else:
             self.session = self._slice(_api.snapshot())

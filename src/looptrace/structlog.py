@@ -37,24 +37,17 @@ EventDict = MutableMapping[str, Any]
 
 def _loop_figures(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     """What looptrace knows of ``loop`` so far, read from live counters (no snapshot)."""
-    installation = _api._current
-    if installation is None:
+    now = _api.loop_now(loop)
+    if now is None:
         return {}
-    record = installation.recorder.loop_record(loop)
-    if record is None:
-        return {}
-    figures: dict[str, Any] = {"loop_id": record.loop_id, "loop_blocks": record.blocks}
-    timer = record.timer
-    if timer is not None:
-        busy, idle = timer.busy_ns, timer.io_wait_ns
-        if busy + idle > 0:
-            figures["loop_utilization"] = round(busy / (busy + idle), 4)
-    slot = record.slot
-    start = slot.start_ns if slot is not None else 0
-    if start:
+    figures: dict[str, Any] = {"loop_id": now.loop_id, "loop_blocks": now.blocks}
+    busy, idle = now.busy_ns, now.io_wait_ns
+    if busy is not None and idle is not None and busy + idle > 0:
+        figures["loop_utilization"] = round(busy / (busy + idle), 4)
+    if now.step_start_ns:
         # How long the step that is logging has run: a large value means this event was
         # written from inside a block.
-        figures["loop_step_ms"] = round((now_ns() - start) / 1e6, 3)
+        figures["loop_step_ms"] = round((now_ns() - now.step_start_ns) / 1e6, 3)
     return figures
 
 

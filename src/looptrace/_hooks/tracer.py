@@ -141,7 +141,7 @@ class Tracer:
         """Switch every hook off without taking a lock (in a forked child, a lock held by
         one of the parent's threads at fork time is never released)."""
         self._switch_off(locked=False)
-        for record in list(self.recorder._loops):
+        for record in self.recorder.loop_records(locked=False):
             if record.timer is not None:
                 record.timer.enabled = 0
 
