@@ -6,6 +6,12 @@ of a block is the innermost frame of *user* code: not the standard library, not 
 installed package (site-packages), not looptrace. When a stack holds no user code at all
 (an application installed as a package), the innermost installed-package frame stands in,
 then any frame.
+
+Nothing here touches the file system: these functions run on the loop thread (the step
+hook's slow path, the probes) where a ``getcwd`` or ``stat`` is a blocking call, and tools
+such as blockbuster raise on it. A relative ``co_filename`` (Cython modules, ``compile()``
+with a relative name) is joined to the working directory read once, when looptrace is
+installed; ``os.path.abspath`` would call ``getcwd`` on every use.
 """
 
 from __future__ import annotations
@@ -24,15 +30,50 @@ _MAX_DEPTH = 128
 
 _OWN_FILES: set[str] = set()
 
+_base_directory: str | None = None
+"""The working directory relative file names are joined to (read by :class:`CodeMap`)."""
+
+_absolute_paths: dict[str, str] = {}
+"""co_filename -> its absolute path; as many entries as the program has source files."""
+
+
+def remember_working_directory() -> None:
+    """Read the working directory once, off the hot path (at install)."""
+    global _base_directory
+    try:
+        directory = os.getcwd()
+    except Exception:  # deleted, or a tool that forbids the call here: keep the last one
+        return
+    if directory != _base_directory:
+        _base_directory = directory
+        _absolute_paths.clear()
+
+
+def absolute(filename: str) -> str:
+    """``filename`` made absolute and normalised as ``os.path.abspath`` would, without a
+    system call. Pseudo-files (``<string>``) are kept as they are."""
+    found = _absolute_paths.get(filename)
+    if found is not None:
+        return found
+    if filename.startswith("<"):
+        path = filename
+    elif os.path.isabs(filename) or _base_directory is None:
+        path = os.path.normpath(filename)
+    else:
+        path = os.path.normpath(os.path.join(_base_directory, filename))
+    _absolute_paths[filename] = path
+    return path
+
 
 def treat_as_looptrace(path: str) -> None:
     """Count a file outside the package as looptrace's own (the ``looptrace`` launcher
     script), so its frames are never taken for the program's."""
-    _OWN_FILES.add(os.path.normcase(os.path.abspath(path)))
+    remember_working_directory()
+    _OWN_FILES.add(os.path.normcase(absolute(path)))
 
 
 def _prefixes(paths: set[str]) -> tuple[str, ...]:
-    cleaned = {os.path.normcase(os.path.abspath(p)) for p in paths if p}
+    cleaned = {os.path.normcase(absolute(p)) for p in paths if p}
     # Longest first, so site-packages inside the stdlib directory wins over the stdlib.
     return tuple(sorted((p.rstrip(os.sep) + os.sep for p in cleaned), key=len, reverse=True))
 
@@ -41,6 +82,7 @@ class CodeMap:
     """Classifies source files as user code, installed packages, stdlib or looptrace."""
 
     def __init__(self) -> None:
+        remember_working_directory()
         paths = sysconfig.get_paths()
         library = {paths.get("purelib", ""), paths.get("platlib", "")}
         try:
@@ -64,7 +106,7 @@ class CodeMap:
         if filename.startswith("<"):
             # <frozen importlib._bootstrap> is the stdlib; <string>, <stdin> are the user's.
             return STDLIB if filename.startswith("<frozen") else USER
-        path = os.path.normcase(os.path.abspath(filename))
+        path = os.path.normcase(absolute(filename))
         if path.startswith(self._looptrace) or path in _OWN_FILES:
             return LOOPTRACE
         if path.startswith(self._library):
@@ -78,8 +120,7 @@ class CodeMap:
 
 def location(frame: FrameType) -> CodeLocation:
     code = frame.f_code
-    return CodeLocation(os.path.abspath(code.co_filename) if not code.co_filename.startswith("<")
-                        else code.co_filename, frame.f_lineno or code.co_firstlineno,
+    return CodeLocation(absolute(code.co_filename), frame.f_lineno or code.co_firstlineno,
                         code.co_qualname)
 
 

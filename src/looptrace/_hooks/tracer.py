@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import threading
 import weakref
 from asyncio import base_events, events, runners
@@ -36,7 +35,7 @@ from looptrace.events import CodeLocation, SiteSource
 from . import context, schedstat
 from ._patch import Patch, PatchSet
 from .blocks import LongStep
-from .frames import CodeMap, location
+from .frames import CodeMap, absolute, location
 from .gcwatch import GcWatch
 from .heartbeat import Heartbeat
 from .owners import (
@@ -460,7 +459,7 @@ def _callback_location(callback: Any) -> CodeLocation | None:
     code = getattr(unwrap_partial(callback), "__code__", None)
     if code is None:
         return None
-    return CodeLocation(os.path.abspath(code.co_filename), code.co_firstlineno, code.co_qualname)
+    return CodeLocation(absolute(code.co_filename), code.co_firstlineno, code.co_qualname)
 
 
 def _loops_running_elsewhere(own: Any) -> list[Any]:
