@@ -36,8 +36,8 @@ from ._combine import Combined, hotspots_from_blocks
 from ._config import resolve
 from ._pytest_allow import AllowRule, first_match, parse_rules
 from .exporters import html
-from .exporters.text import where
-from .session import BlockEvent, Exemption, Hotspot, Session
+from .exporters.text import disabled_hook_line, where
+from .session import BlockEvent, Exemption, FaultSummary, Hotspot, Session
 
 _MARKER = ("looptrace(max_block_ms=None, allow=()): record this test with looptrace; fail it "
            "if the event loop blocked longer than max_block_ms; allow= lets named calls "
@@ -198,8 +198,9 @@ class _Recording:
         if self.installation is not None:
             return session
         blocks = tuple(b for b in session.blocks if b.start_unix_ns >= self.since_unix_ns)
+        # Its faults are the outer installation's: the terminal summary says them once.
         return replace(session, loops=(), blocks=blocks, hotspots=hotspots_from_blocks(blocks),
-                       tasks=(), timeline=None)
+                       tasks=(), timeline=None, faults=())
 
 
 class LooptraceReport:
@@ -331,6 +332,9 @@ class _Run:
         self.top: list[tuple[float, str, BlockEvent]] = []
         self.exemptions: list[Exemption] = []
         self.written: list[str] = []
+        # hook -> (its first fault, the first test it hit), and in how many tests
+        self.faults: dict[str, tuple[FaultSummary, str]] = {}
+        self.tests_with_fault: Counter[str] = Counter()
 
     def judge(self, item: pytest.Item, session: Session, plan: Plan) -> list[BlockEvent]:
         """Count the test's blocks and exemptions, attach them to its report, and return
@@ -355,6 +359,9 @@ class _Run:
         self.tests_with_blocks += bool(session.blocks)
         self.over_budget += bool(over)
         self.exemptions.extend(exemptions)
+        for fault in session.faults:
+            self.faults.setdefault(fault.hook, (fault, item.nodeid))
+            self.tests_with_fault[fault.hook] += 1
         for block in session.blocks:
             self.top.append((block.duration_ms, item.nodeid, block))
         self.top = sorted(self.top, key=lambda t: -t[0])[:_TOP_BLOCKS]
@@ -404,6 +411,16 @@ class _Run:
             lines.append("report: not written (no test was recorded)")
         return lines
 
+    def fault_lines(self) -> list[str]:
+        """A hook that switched itself off in a recorded test: said in the summary, not
+        only in the JSON report."""
+        lines = []
+        for hook, (fault, first) in self.faults.items():
+            count = self.tests_with_fault[hook]
+            lines.append(disabled_hook_line(
+                fault, f" in {count} test{'s' if count != 1 else ''} (first {first})"))
+        return lines
+
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(_SETTINGS, None)
@@ -411,10 +428,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         run.write_report(session.config)
 
 
+def _process_wide_fault_lines() -> list[str]:
+    """Faults of an installation made outside the plugin (``sitecustomize``, a ``.pth``
+    file, ``opentelemetry-instrument``, a conftest), which no test recording shows."""
+    if not _api.is_installed():
+        return []
+    try:
+        faults = _api.snapshot().faults
+    except Exception:  # the summary of pytest's run comes first
+        return []
+    return [disabled_hook_line(f, " (installed outside the pytest plugin)") for f in faults]
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     run = config.stash.get(_SETTINGS, None)
-    if run is None or (run.tests == 0 and run.settings.report_path is None):
+    if run is None:
+        return
+    warnings = run.fault_lines() + _process_wide_fault_lines()
+    if run.tests == 0 and run.settings.report_path is None and not warnings:
         return
     terminalreporter.section("looptrace")
-    for line in run.summary_lines():
-        terminalreporter.write_line(line)
+    for line in warnings:
+        terminalreporter.write_line(line, yellow=True, bold=True)
+    if run.tests or run.settings.report_path is not None:
+        for line in run.summary_lines():
+            terminalreporter.write_line(line)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from looptrace.events import CodeLocation
-from looptrace.session import Hotspot, LoopSummary, Session
+from looptrace.session import FaultSummary, Hotspot, LoopSummary, Session
 
 _MAX_HOTSPOTS = 10
 
@@ -34,6 +34,14 @@ def _duration(value_ms: float | None) -> str:
     if value_ms >= 10:
         return f"{value_ms:.0f} ms"
     return f"{value_ms:.2f} ms"
+
+
+def disabled_hook_line(fault: FaultSummary, where_from: str = "") -> str:
+    """The warning for a hook that switched itself off after an error inside it (said
+    first: what that hook measures is missing from the report from then on)."""
+    errors = f"{fault.count} error{'s' if fault.count != 1 else ''}"
+    return (f"WARNING: looptrace switched its {fault.hook} hook off after {errors} inside it"
+            f"{where_from} ({fault.error}); what that hook measures is missing from then on")
 
 
 def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
@@ -87,6 +95,7 @@ def render(session: Session) -> str:
         f"looptrace: {_duration(session.wall_ms)} recorded, threshold "
         f"{_duration(session.threshold_ms)}, {loops} loop{'s' if loops != 1 else ''}, "
         f"{blocks} block{'s' if blocks != 1 else ''}",
+        *(disabled_hook_line(fault) for fault in session.faults),
         "",
     ]
     if session.hotspots:
@@ -108,8 +117,6 @@ def render(session: Session) -> str:
     if dropped:
         notes.append("dropped (bounded buffers): " +
                      ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
-    for fault in session.faults:
-        notes.append(f"hook {fault.hook} failed {fault.count}x and was disabled: {fault.error}")
     if notes:
         lines.append("")
         lines.extend(notes)
