@@ -10,6 +10,7 @@ error was caught, counted as a fault, and the hooks stayed off for the rest of t
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from blockbuster import blockbuster_ctx
 
 import looptrace
 from helpers.lines import line_of
+from looptrace._hooks import frames
 
 
 async def _planted_block() -> None:
@@ -59,3 +61,20 @@ def test_no_hook_is_disabled_under_blockbuster(options: dict[str, Any], loop: st
     assert (block.site.file, block.site.line) == (__file__, line_of(__file__, "PLANTED BLOCK"))
     assert block.duration_ms >= 190
     assert block.duration_source == ("heartbeat" if loop == "uvloop" else "step-timer")
+
+
+def test_file_names_are_made_absolute_as_abspath_does_without_a_system_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """frames.absolute() gives os.path.abspath's answer for absolute, relative and dotted
+    names, from the working directory read once; pseudo-files stay as they are."""
+    frames.remember_working_directory()
+    names = ["/srv/app/../lib/db.py", "/srv//app/./main.py", "uvloop/loop.pyx", "./x.py",
+             "../up.py"]
+    expected = [os.path.abspath(name) for name in names]
+
+    def forbidden() -> str:
+        raise AssertionError("getcwd called")
+
+    monkeypatch.setattr(os, "getcwd", forbidden)
+    assert [frames.absolute(name) for name in names] == expected
+    assert frames.absolute("<string>") == "<string>"

@@ -34,7 +34,9 @@ _base_directory: str | None = None
 """The working directory relative file names are joined to (read by :class:`CodeMap`)."""
 
 _absolute_paths: dict[str, str] = {}
-"""co_filename -> its absolute path; as many entries as the program has source files."""
+"""co_filename -> its absolute path: one entry per source file, bounded all the same."""
+
+_MAX_PATHS = 10_000
 
 
 def remember_working_directory() -> None:
@@ -55,12 +57,14 @@ def absolute(filename: str) -> str:
     found = _absolute_paths.get(filename)
     if found is not None:
         return found
-    if filename.startswith("<"):
-        path = filename
-    elif os.path.isabs(filename) or _base_directory is None:
+    if filename.startswith("<"):  # generated code may make a new name each time: no entry
+        return filename
+    if os.path.isabs(filename) or _base_directory is None:
         path = os.path.normpath(filename)
     else:
         path = os.path.normpath(os.path.join(_base_directory, filename))
+    if len(_absolute_paths) >= _MAX_PATHS:
+        _absolute_paths.clear()
     _absolute_paths[filename] = path
     return path
 
