@@ -38,7 +38,10 @@ def real_coroutine(task: Any) -> Any:
     which would otherwise name every instrumented task ``AsyncioInstrumentor.trace_coroutine``."""
     coro = task.get_coro()
     for _ in range(8):
-        if not getattr(coro, "__qualname__", "").endswith(_OTEL_WRAPPER):
+        # A coroutine object of a library's own making may have any __qualname__ (None
+        # was seen in anyio's test suite): only a string can name the wrapper.
+        qualname = getattr(coro, "__qualname__", None)
+        if not isinstance(qualname, str) or not qualname.endswith(_OTEL_WRAPPER):
             break
         frame = getattr(coro, "cr_frame", None)
         inner = frame.f_locals.get("coro") if frame is not None else None
@@ -52,7 +55,8 @@ def real_coroutine(task: Any) -> Any:
 
 def coroutine_name(task: Any) -> str:
     coro = real_coroutine(task)
-    return str(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
+    qualname = getattr(coro, "__qualname__", None)
+    return qualname if isinstance(qualname, str) and qualname else type(coro).__qualname__
 
 
 def task_name(task: Any) -> str:
