@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from looptrace.exporters import otel
+from looptrace.sinks import otel
 from otel_apps.blocking_service import SLOW_URL, reader, serve_and_get, sleepy
 
 

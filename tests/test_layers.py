@@ -48,6 +48,11 @@ LAYERS: dict[str, int] = {
     "looptrace.sinks": 3,
     # L4 control: install/uninstall/snapshot; wires the recorder to the sinks.
     "looptrace._api": 4,
+    "looptrace._seams": 4,  # names internals of every layer for fault injection (tests)
+    # writing the outputs at exit, SIGTERM, child processes (issue 12)
+    "looptrace._outputs": 4,
+    "looptrace._sigterm": 4,
+    "looptrace._subprocesses": 4,
     # L5 front ends.
     "looptrace": 5,  # the package's __init__: the public names
     "looptrace.__main__": 5,
@@ -57,6 +62,7 @@ LAYERS: dict[str, int] = {
     "looptrace._pytest_allow": 5,
     "looptrace.structlog": 5,
     "looptrace.instrumentor": 5,
+    "looptrace._bootstrap": 5,
 }
 RECORDING = ("looptrace._hooks", "looptrace._recorder", "looptrace._dispatch",
              "looptrace._speedups")

@@ -24,8 +24,9 @@ from helpers.collectors import dead_endpoint, otlp_collector
 from looptrace._clock import epoch_offset_ns
 from looptrace._config import resolve
 from looptrace._recorder import Recorder
+from looptrace.analysis import block_event
 from looptrace.events import Block, CodeLocation
-from looptrace.exporters import otel
+from looptrace.sinks import SinkInputs, otel
 
 BLOCKS_IN_PROGRAM = 30
 
@@ -98,9 +99,12 @@ def test_100k_blocks_in_flat_memory_and_a_bounded_close(dead_collector: str) -> 
     queue fills, close() returns within its deadline, and all 100,000 are counted dropped."""
     options = resolve({"otlp": dead_collector})
     recorder = Recorder(options, epoch_offset_ns())
-    sink = otel.live_sink(options, recorder)
+    sink = otel.live_sink(options, SinkInputs(loops=recorder, count_dropped=recorder.drop))
     assert sink is not None
-    _, listener, close = sink
+    _, on_block, close = sink
+
+    def listener(block: Block) -> None:
+        on_block(block_event(block, recorder.started_ns, recorder.epoch_offset_ns))
     stack = tuple(CodeLocation(f"/srv/app/module{i}.py", 10 + i, f"function_{i}")
                   for i in range(12))
 

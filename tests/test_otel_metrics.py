@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import looptrace
-from looptrace.exporters._otel_metrics import LAG_BUCKETS_S, thin
+from looptrace.sinks._otel_metrics import LAG_BUCKETS_S, thin
 from otel_helpers import memory_otel
 
 
@@ -90,7 +90,7 @@ def test_metrics_are_read_off_the_loop_thread() -> None:
         seen.add(threading.current_thread().name)
         return original(deltas, budget)
 
-    import looptrace.exporters._otel_metrics as metrics_module
+    import looptrace.sinks._otel_metrics as metrics_module
     metrics_module.thin = spy
     try:
         with memory_otel() as otel, looptrace.installed(threshold_ms=20):

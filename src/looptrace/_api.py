@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import functools
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,17 +26,14 @@ from ._dispatch import Dispatcher
 from ._hooks.tracer import Tracer
 from ._recorder import Recorder
 from ._version import __version__
-from .events import Block, LoopNow
-from .session import Session
+from .events import LoopNow
+from .session import BlockEvent, Session
+from .sinks import LiveSink, SinkInputs
 
 logger = logging.getLogger("looptrace")
 
 _EXIT_FLUSH_S = 2.0
 """The longest looptrace may delay the program's exit (exporters flushing)."""
-
-LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
-"""(name, listener called with each block off the loop thread, close(timeout_s))"""
-
 
 class _Installation:
     _count = 0
@@ -48,23 +46,31 @@ class _Installation:
         self.recorder = Recorder(options, epoch_offset_ns())
         self.tracer = Tracer(options, self.recorder)
         self.sinks: list[LiveSink] = []
+        self.dispatcher: Dispatcher[BlockEvent] | None = None
 
     def start(self) -> None:
         try:
             self.tracer.start()
-            self.sinks = _live_sinks(self.options, self.recorder, self.snapshot)
+            recorder = self.recorder
+            inputs = SinkInputs(loops=recorder, count_dropped=recorder.drop,
+                                snapshot=self.snapshot)
+            self.sinks = _live_sinks(self.options, inputs)
             if self.sinks:
-                dispatcher = Dispatcher(self.recorder.fault)
-                for name, listener, _ in self.sinks:
-                    dispatcher.add(name, listener)
-                self.recorder.dispatcher = dispatcher
+                # Each block is converted once, on the dispatch thread, into the record
+                # every sink reads (the report's BlockEvent).
+                convert = functools.partial(analysis.block_event, started_ns=recorder.started_ns,
+                                            epoch_offset_ns=recorder.epoch_offset_ns)
+                self.dispatcher = Dispatcher(convert, recorder.fault)
+                for sink in self.sinks:
+                    self.dispatcher.add(sink.name, sink.on_block)
+                recorder.publish = self.dispatcher.publish
         except BaseException:
             self.tracer.stop()
             raise
 
     def snapshot(self) -> Session:
         self.tracer.flush()
-        dispatcher = self.recorder.dispatcher
+        dispatcher = self.dispatcher
         extra = {"published_blocks": dispatcher.dropped} if dispatcher is not None else {}
         recording = self.recorder.recording(
             accelerated=self.tracer.accelerated,
@@ -74,15 +80,15 @@ class _Installation:
 
     def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
         self.tracer.stop()
-        dispatcher = self.recorder.dispatcher
+        dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.close(timeout_s / 2)
         session = self.snapshot()
-        for name, _, close in self.sinks:
+        for sink in self.sinks:
             try:
-                close(timeout_s / 2)
+                sink.close(timeout_s / 2)
             except Exception as exc:
-                logger.warning("looptrace: closing %s failed: %s: %s", name,
+                logger.warning("looptrace: closing %s failed: %s: %s", sink.name,
                                type(exc).__name__, exc)
         if not self.sinks:
             return session
@@ -95,22 +101,21 @@ class _Installation:
         self.tracer.abandon()
 
 
-def _live_sinks(options: Options, recorder: Recorder,
-                snapshot: Callable[[], Session]) -> list[LiveSink]:
-    """Exporters that receive each block as it is found (OpenTelemetry spans, logs).
+def _live_sinks(options: Options, inputs: SinkInputs) -> list[LiveSink]:
+    """Outputs that receive each block as it is found (OpenTelemetry spans, logs).
 
     Each integration is imported only when it may be needed, so ``import looptrace`` and a
     plain ``install()`` never import OpenTelemetry or structlog.
     """
     sinks: list[LiveSink] = []
     if options.otlp or "opentelemetry.trace" in sys.modules:
-        from .exporters import otel
+        from .sinks import otel
 
-        sink = otel.live_sink(options, recorder, snapshot)
+        sink = otel.live_sink(options, inputs)
         if sink is not None:
             sinks.append(sink)
     if options.log is not None:
-        from .exporters import logs
+        from .sinks import logs
 
         sink = logs.live_sink(options)
         if sink is not None:

@@ -1,23 +1,31 @@
-"""Hands finished blocks to listeners (span exporter, loggers, the pytest plugin) on a
-thread of their own, so a slow listener never delays the watchdog's sampling, and never
-runs on a loop thread. The queue is bounded; what overflows is counted."""
+"""Hands finished blocks to the live sinks (spans, metrics, logs) on a thread of its own,
+so a slow sink never delays the watchdog's sampling, and never runs on a loop thread. The
+queue is bounded; what overflows is counted.
+
+The watchdog publishes the recorded :class:`~looptrace.events.Block` (cheap: a deque
+append); the dispatch thread converts it once, with the ``convert`` it was given, and
+hands the result to every listener, so all sinks read one record of the block.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from ._clock import now_ns
 from .events import Block
 
-Listener = Callable[[Block], None]
+Event = TypeVar("Event")
 OnFault = Callable[[str, BaseException], None]
 
 
-class Dispatcher:
-    def __init__(self, on_fault: OnFault, capacity: int = 10_000) -> None:
-        self._listeners: list[tuple[str, Listener]] = []
+class Dispatcher(Generic[Event]):
+    def __init__(self, convert: Callable[[Block], Event], on_fault: OnFault,
+                 capacity: int = 10_000) -> None:
+        self._convert = convert
+        self._listeners: list[tuple[str, Callable[[Event], None]]] = []
         self._queue: deque[Block] = deque()
         self._capacity = capacity
         self._on_fault = on_fault
@@ -28,7 +36,7 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="looptrace-dispatch", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, listener: Listener) -> None:
+    def add(self, name: str, listener: Callable[[Event], None]) -> None:
         self._listeners.append((name, listener))
 
     def remove(self, name: str) -> None:
@@ -53,15 +61,23 @@ class Dispatcher:
                     return
                 block = self._queue.popleft()
                 self._busy = True
-            for name, listener in list(self._listeners):
-                try:
-                    listener(block)
-                except Exception as exc:  # a failing listener is removed, counted, logged
-                    self.remove(name)
-                    self._on_fault(name, exc)
+            self._deliver(block)
             with self._wake:
                 self._busy = False
                 self._wake.notify_all()
+
+    def _deliver(self, block: Block) -> None:
+        try:
+            event = self._convert(block)
+        except Exception as exc:  # a fault of this stage: the block stays in the report
+            self._on_fault("dispatch", exc)
+            return
+        for name, listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception as exc:  # a failing listener is removed, counted, logged
+                self.remove(name)
+                self._on_fault(name, exc)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every published block reached the listeners; False on timeout."""

@@ -21,7 +21,6 @@ from typing import Any
 
 from ._clock import now_ns
 from ._config import Options
-from ._dispatch import Dispatcher
 from .events import (
     Block,
     CodeLocation,
@@ -239,7 +238,8 @@ class Recorder:
         self._dropped: Counter[str] = Counter()
         self._faults: dict[str, list[Any]] = {}
         self._disablers: dict[str, Callable[[], None]] = {}
-        self.dispatcher: Dispatcher | None = None
+        self.publish: Callable[[Block], None] | None = None
+        """Where each new block goes besides the aggregates (the live sinks' dispatcher)."""
 
     # -- loops
 
@@ -294,6 +294,11 @@ class Recorder:
         with self._lock:
             return list(self._loops)
 
+    def loop_figures(self) -> list[LoopFigures]:
+        """Each loop's figures so far, without the full-mode rings (what the metrics read,
+        as :class:`looptrace.sinks.LoopsView`)."""
+        return [record.figures(False, None) for record in self.loop_records()]
+
     def loop_now(self, loop: object) -> LoopNow | None:
         """``loop``'s live counters, read without a lock (on the loop's own thread)."""
         record = self.loop_record(loop)
@@ -337,8 +342,8 @@ class Recorder:
                     record.blocks += 1
                     record.block_ns += block.duration_ns
                     break
-        if self.dispatcher is not None:
-            self.dispatcher.publish(block)
+        if self.publish is not None:
+            self.publish(block)
 
     def drop(self, what: str, count: int = 1) -> None:
         with self._lock:

@@ -66,11 +66,15 @@ def hotspot(site: SiteFigures) -> Hotspot:
     )
 
 
-def block_event(block: Block, recording: Recording) -> BlockEvent:
+def block_event(block: Block, started_ns: int, epoch_offset_ns: int) -> BlockEvent:
+    """The one conversion of a recorded block (monotonic nanoseconds) into the report's
+    record (milliseconds from the start, epoch nanoseconds, hex span ids). Every output
+    reads the result: the report, and each live sink (converted once per block on the
+    dispatch thread, from the recorder's ``started_ns`` and ``epoch_offset_ns``)."""
     return BlockEvent(
         loop=block.loop_id, thread=block.thread_name, thread_id=block.thread_id,
-        start_ms=ms(block.start_ns - recording.started_ns),
-        start_unix_ns=block.start_ns + recording.epoch_offset_ns,
+        start_ms=ms(block.start_ns - started_ns),
+        start_unix_ns=block.start_ns + epoch_offset_ns,
         duration_ms=ms(block.duration_ns), duration_source=block.duration_source,
         kind=block.kind, call=block.call, site=block.site, site_source=block.site_source,
         task=block.task, coroutine=block.coroutine, callback=block.callback,
@@ -122,7 +126,7 @@ def session_from(recording: Recording, version: str) -> Session:
         wall_ms=ms(recording.now_ns - recording.started_ns),
         loops=tuple(loop_summary(f) for f in recording.loops),
         hotspots=tuple(hotspots),
-        blocks=tuple(block_event(b, recording)
+        blocks=tuple(block_event(b, recording.started_ns, recording.epoch_offset_ns)
                      for b in sorted(recording.blocks, key=lambda b: b.start_ns)),
         tasks=tuple(tasks),
         timeline=timeline(recording),

@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 from . import _api
 from ._config import Options
-from .exporters import otel
+from .sinks import otel
 
 _OPTION_NAMES = frozenset(f.name for f in fields(Options))
 

@@ -16,7 +16,7 @@ looptrace never calls ``structlog.configure()`` itself. Both processors are plai
 functions that need neither structlog nor OpenTelemetry to be importable, never raise, and
 never overwrite a key the event already has. Blocks themselves are logged as
 ``looptrace.block`` events with ``looptrace.install(log="structlog")`` (see
-:mod:`looptrace.exporters.logs`).
+:mod:`looptrace.sinks.logs`).
 """
 
 from __future__ import annotations

@@ -28,40 +28,26 @@ def _raiser(name: str) -> Callable[..., Any]:
 
 
 def _failing_sink(options: Any) -> Any:
+    from looptrace.sinks import LiveSink
+
     def listener(block: object) -> None:
         raise InjectedFault("injected into the exporter's listener")
 
     def close(timeout_s: float) -> None:
         raise InjectedFault("injected into the exporter's close")
 
-    return ("failing-exporter", listener, close)
+    return LiveSink("failing-exporter", listener, close)
 
 
 def _inject(fault: str) -> None:
-    from looptrace import _recorder
-    from looptrace._hooks import probes, selector, tracer, watchdog
-    from looptrace.exporters import logs
+    """Plant the fault in its named seam (``looptrace._seams``)."""
+    if fault == "none":
+        return
+    from looptrace import _seams
 
-    if fault == "selector-callback":  # what the select timer calls back on a long iteration
-        _recorder.LoopRecord.on_long_iteration = _raiser(fault)  # type: ignore[method-assign]
-    elif fault == "selector-internal":  # inside the pure-Python select timer itself
-        selector.bucket_index = _raiser(fault)
-    elif fault == "steps-callback":  # what the step hook calls after a long step
-        tracer.Tracer.on_long_step = _raiser(fault)  # type: ignore[method-assign]
-    elif fault == "steps-internal":  # inside the long-step handling
-        tracer.task_of = _raiser(fault)
-    elif fault == "watchdog-sampling":
-        watchdog.locate = _raiser(fault)
-    elif fault == "watchdog-blocks":
-        watchdog.build_block = _raiser(fault)
-    elif fault == "probes":
-        probes.ProbeBuffer.record = _raiser(fault)  # type: ignore[method-assign]
-    elif fault == "exporter":
-        logs.live_sink = _failing_sink
-    elif fault == "doors":
-        tracer.Tracer.attach = _raiser(fault)  # type: ignore[method-assign]
-    elif fault != "none":
+    if fault not in _seams.SEAMS:
         raise SystemExit(f"fault_runner: unknown fault {fault!r}")
+    _seams.replace(fault, _failing_sink if fault == "exporter" else _raiser(fault))
 
 
 def main() -> int:

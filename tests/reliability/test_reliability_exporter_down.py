@@ -24,8 +24,9 @@ from helpers.collectors import dead_endpoint, otlp_collector
 from looptrace._clock import epoch_offset_ns
 from looptrace._config import resolve
 from looptrace._recorder import Recorder
+from looptrace.analysis import block_event
 from looptrace.events import Block, CodeLocation
-from looptrace.exporters import otel
+from looptrace.sinks import SinkInputs, otel
 
 SLOW_ANSWER_S = 5.0
 BLOCKS = 25
@@ -125,9 +126,12 @@ def test_a_slow_collector_holds_no_memory_and_no_exit(collector: str) -> None:
     ones a slow answer could still deliver are not counted as dropped)."""
     options = resolve({"otlp": collector})
     recorder = Recorder(options, epoch_offset_ns())
-    sink = otel.live_sink(options, recorder)
+    sink = otel.live_sink(options, SinkInputs(loops=recorder, count_dropped=recorder.drop))
     assert sink is not None
-    _, listener, close = sink
+    _, on_block, close = sink
+
+    def listener(block: Block) -> None:
+        on_block(block_event(block, recorder.started_ns, recorder.epoch_offset_ns))
     site = CodeLocation("/srv/app/handlers.py", 42, "handle")
     samples = []
     gc.collect()

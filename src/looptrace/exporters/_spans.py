@@ -2,7 +2,9 @@
 Jaeger JSON file, so both show the same name, the same attributes and the same parent.
 
 Nothing here imports OpenTelemetry: a span is described as plain values (:class:`SpanRecord`)
-that :mod:`.otel` turns into SDK spans and :mod:`.jaeger_json` into Jaeger's JSON.
+that :mod:`looptrace.sinks.otel` turns into SDK spans and :mod:`.jaeger_json` into Jaeger's
+JSON. Both read the same record of a block, a :class:`~looptrace.session.BlockEvent`, so
+this is the one mapping from a block to a span.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from looptrace.events import Block, CodeLocation
+from looptrace.events import CodeLocation
 from looptrace.session import BlockEvent, LoopSummary, Session, TaskSummary
 
 AttributeValue = str | bool | int | float
@@ -26,15 +28,8 @@ BLOCK_SPAN = "looptrace.block"
 LOOP_SPAN = "looptrace.loop"
 TASK_SPAN = "looptrace.task"
 
-SPAN_KINDS = ("blocks", "loops", "tasks")
-"""What can be exported as spans; ``blocks`` always is, the others on request."""
-
 _MAX_STACK_FRAMES = 64
 _MAX_STACKTRACE_CHARS = 8192  # OTel's attribute length is unlimited by default: cap ours
-
-
-def _ms(ns: int) -> float:
-    return round(ns / 1e6, 3)
 
 
 def format_stacktrace(stack: tuple[CodeLocation, ...]) -> str:
@@ -51,58 +46,36 @@ def format_stacktrace(stack: tuple[CodeLocation, ...]) -> str:
     return text
 
 
-def block_attributes(*, kind: str, call: str | None, site: CodeLocation | None,
-                     site_source: str, stack: tuple[CodeLocation, ...], task: str | None,
-                     coroutine: str | None, callback: str | None, samples: int,
-                     thread_id: int, thread_name: str, loop_id: int, duration_ms: float,
-                     duration_source: str) -> Attributes:
-    """The attributes of one block's span: OpenTelemetry's ``code.*`` and ``thread.*``
-    names where they exist, ``looptrace.*`` for the rest. Absent values are left out."""
+def block_attributes(event: BlockEvent) -> Attributes:
+    """The attributes of one block's span, live or from a file: OpenTelemetry's ``code.*``
+    and ``thread.*`` names where they exist, ``looptrace.*`` for the rest. Absent values
+    are left out, and so are causes that took no time (``gc_ms``, ``cpu_wait_ms``)."""
     attributes: Attributes = {}
+    site = event.site
     if site is not None:
         attributes["code.function.name"] = site.function
         attributes["code.file.path"] = site.file
         attributes["code.line.number"] = site.line
-    if stack:
-        attributes["code.stacktrace"] = format_stacktrace(stack)
-    attributes["thread.id"] = thread_id
-    attributes["thread.name"] = thread_name
-    attributes["looptrace.kind"] = kind
-    if call is not None:
-        attributes["looptrace.call"] = call
-    if task is not None:
-        attributes["looptrace.task"] = task
-    if coroutine is not None:
-        attributes["looptrace.coroutine"] = coroutine
-    if callback is not None:
-        attributes["looptrace.callback"] = callback
-    attributes["looptrace.duration_ms"] = duration_ms
-    attributes["looptrace.duration_source"] = duration_source
-    attributes["looptrace.site_source"] = site_source
-    attributes["looptrace.samples"] = samples
-    attributes["looptrace.loop.id"] = loop_id
+    if event.stack:
+        attributes["code.stacktrace"] = format_stacktrace(event.stack)
+    attributes["thread.id"] = event.thread_id
+    attributes["thread.name"] = event.thread
+    attributes["looptrace.kind"] = event.kind
+    optional: dict[str, str | None] = {
+        "looptrace.call": event.call, "looptrace.task": event.task,
+        "looptrace.coroutine": event.coroutine, "looptrace.callback": event.callback,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    attributes["looptrace.duration_ms"] = event.duration_ms
+    attributes["looptrace.duration_source"] = event.duration_source
+    attributes["looptrace.site_source"] = event.site_source
+    attributes["looptrace.samples"] = event.samples
+    attributes["looptrace.loop.id"] = event.loop
+    if event.gc_ms:
+        attributes["looptrace.gc_ms"] = event.gc_ms
+    if event.cpu_wait_ms:
+        attributes["looptrace.cpu_wait_ms"] = event.cpu_wait_ms
     return attributes
-
-
-def attributes_of_block(block: Block) -> Attributes:
-    """Attributes of a live block (as recorded, nanoseconds)."""
-    return block_attributes(
-        kind=block.kind, call=block.call, site=block.site, site_source=block.site_source,
-        stack=block.stack, task=block.task, coroutine=block.coroutine, callback=block.callback,
-        samples=block.samples, thread_id=block.thread_id, thread_name=block.thread_name,
-        loop_id=block.loop_id, duration_ms=_ms(block.duration_ns),
-        duration_source=block.duration_source)
-
-
-def attributes_of_event(event: BlockEvent) -> Attributes:
-    """Attributes of a block read from a report: the same as :func:`attributes_of_block`
-    gives for the block it was made from."""
-    return block_attributes(
-        kind=event.kind, call=event.call, site=event.site, site_source=event.site_source,
-        stack=event.stack, task=event.task, coroutine=event.coroutine, callback=event.callback,
-        samples=event.samples, thread_id=event.thread_id, thread_name=event.thread,
-        loop_id=event.loop, duration_ms=event.duration_ms,
-        duration_source=event.duration_source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +91,9 @@ class SpanRecord:
     end_unix_ns: int
     attributes: Attributes
     parent: tuple[int, int] | None = None
+    parent_sampled: bool = True
+    """The parent's own sampling decision (a block in a request that was not sampled is
+    not sampled either, under a ParentBased sampler)."""
     key: str | None = None
     parent_key: str | None = None
 
@@ -129,7 +105,7 @@ def block_record(event: BlockEvent) -> SpanRecord:
     if event.trace_id is not None and event.span_id is not None:
         parent = (int(event.trace_id, 16), int(event.span_id, 16))
     return SpanRecord(BLOCK_SPAN, start, start + round(event.duration_ms * 1e6),
-                      attributes_of_event(event), parent)
+                      block_attributes(event), parent, event.trace_sampled)
 
 
 def _loop_attributes(loop: LoopSummary) -> Attributes:

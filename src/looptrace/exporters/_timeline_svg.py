@@ -90,8 +90,11 @@ def block_title(number: int, block: BlockEvent) -> str:
     site = (f"{short_path(block.site.file)}:{block.site.line} in {block.site.function}"
             if block.site is not None else "site unknown")
     task = block.task or block.callback or "?"
+    causes = "".join(f"\n{name} {value:.1f} ms" for name, value in
+                     (("garbage collection", block.gc_ms), ("waiting for a CPU",
+                                                            block.cpu_wait_ms)) if value)
     return (f"block #{number}: {block.duration_ms:.1f} ms at +{block.start_ms:.1f} ms\n"
-            f"{what}\n{site}\ntask {task}")
+            f"{what}\n{site}\ntask {task}{causes}")
 
 
 def render_svg(loop_id: int, span_ms: float, timeline: LoopTimeline | None,

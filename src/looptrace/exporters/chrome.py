@@ -86,6 +86,9 @@ def _block_args(block: BlockEvent) -> dict[str, Any]:
     if block.trace_id is not None:
         args["trace_id"] = block.trace_id
         args["span_id"] = block.span_id
+    # Causes beside the evidence, when they took any of the block.
+    args["gc_ms"] = block.gc_ms or None
+    args["cpu_wait_ms"] = block.cpu_wait_ms or None
     return {k: v for k, v in args.items() if v is not None}
 
 

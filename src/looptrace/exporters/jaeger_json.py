@@ -4,7 +4,7 @@
 The Jaeger UI opens it offline (Search, "JSON File" tab): the document has the shape of
 Jaeger's own ``/api/traces`` response, ``{"data": [trace, ...]}``, each trace with its
 ``spans`` (microsecond times, ``CHILD_OF`` references) and ``processes``. The spans are the
-ones the live OpenTelemetry export sends (:mod:`looptrace.exporters.otel`): one
+ones the live OpenTelemetry export sends (:mod:`looptrace.sinks.otel`): one
 ``looptrace.block`` per block, with the same attributes as tags, in the trace of the
 request it slowed down, as a child of that request's span. The parent span itself is not
 in the file (looptrace never saw it), so the UI lists the block spans at the top of their

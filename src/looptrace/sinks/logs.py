@@ -19,33 +19,36 @@ from collections.abc import Callable
 from typing import Any
 
 from looptrace._config import Options
-from looptrace.events import Block
+from looptrace.session import BlockEvent
+
+from . import LiveSink
 
 EVENT = "looptrace.block"
 
-LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
 
-
-def block_fields(block: Block) -> dict[str, Any]:
+def block_fields(event: BlockEvent) -> dict[str, Any]:
     """The event's fields. ``site``, ``call``, ``duration_ms`` and ``task`` are always there
     (``None`` when unknown); ``trace_id``/``span_id`` (lowercase hex, as OpenTelemetry
-    writes them) only when a valid span was current in the blocked code."""
-    site = block.site
+    writes them) only when a valid span was current in the blocked code; ``gc_ms`` and
+    ``cpu_wait_ms`` only when that cause took any of the block."""
+    site = event.site
     fields: dict[str, Any] = {
         "site": f"{site.file}:{site.line}" if site is not None else None,
         "function": site.function if site is not None else None,
-        "call": block.call,
-        "duration_ms": round(block.duration_ns / 1e6, 3),
-        "kind": block.kind,
-        "task": block.task,
-        "coroutine": block.coroutine,
-        "callback": block.callback,
-        "loop_id": block.loop_id,
-        "loop_thread": block.thread_name,
+        "call": event.call,
+        "duration_ms": event.duration_ms,
+        "kind": event.kind,
+        "task": event.task,
+        "coroutine": event.coroutine,
+        "callback": event.callback,
+        "loop_id": event.loop,
+        "loop_thread": event.thread,
+        "gc_ms": event.gc_ms or None,
+        "cpu_wait_ms": event.cpu_wait_ms or None,
     }
-    if block.trace_id is not None and block.span_id is not None:
-        fields["trace_id"] = f"{block.trace_id:032x}"
-        fields["span_id"] = f"{block.span_id:016x}"
+    if event.trace_id is not None and event.span_id is not None:
+        fields["trace_id"] = event.trace_id
+        fields["span_id"] = event.span_id
     keep = {"site", "call", "duration_ms", "task"}
     return {k: v for k, v in fields.items() if v is not None or k in keep}
 
@@ -63,7 +66,7 @@ def describe(fields: dict[str, Any]) -> str:
     return text
 
 
-def _structlog_listener() -> Callable[[Block], None]:
+def _structlog_listener() -> Callable[[BlockEvent], None]:
     try:
         import structlog  # optional: imported only when log='structlog'
     except ImportError:
@@ -72,19 +75,19 @@ def _structlog_listener() -> Callable[[Block], None]:
     # A lazy proxy: the application's configuration is read when an event is logged.
     log = structlog.get_logger("looptrace")
 
-    def listener(block: Block) -> None:
-        log.warning(EVENT, **block_fields(block))
+    def listener(event: BlockEvent) -> None:
+        log.warning(EVENT, **block_fields(event))
 
     return listener
 
 
-def _stdlib_listener() -> Callable[[Block], None]:
+def _stdlib_listener() -> Callable[[BlockEvent], None]:
     log = logging.getLogger("looptrace")
 
-    def listener(block: Block) -> None:
+    def listener(event: BlockEvent) -> None:
         if not log.isEnabledFor(logging.WARNING):
             return
-        fields = block_fields(block)
+        fields = block_fields(event)
         log.warning("%s: %s", EVENT, describe(fields), extra=fields)
 
     return listener
@@ -97,7 +100,7 @@ def _close(timeout_s: float) -> None:
 def live_sink(options: Options) -> LiveSink | None:
     """The log sink for ``options.log`` (``None``: no logging of blocks)."""
     if options.log == "structlog":
-        return ("log", _structlog_listener(), _close)
+        return LiveSink("log", _structlog_listener(), _close)
     if options.log == "stdlib":
-        return ("log", _stdlib_listener(), _close)
+        return LiveSink("log", _stdlib_listener(), _close)
     return None

@@ -13,7 +13,6 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -27,20 +26,19 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from looptrace._clock import epoch_offset_ns
 from looptrace._config import Options
 from looptrace._version import __version__
-from looptrace.events import Block, LoopFigures
-
-from ._otel_metrics import LoopMetrics, instruments_for
-from ._spans import (
-    BLOCK_SPAN,
+from looptrace.exporters._spans import (
     SCHEMA_URL,
     SCOPE_NAME,
     SpanRecord,
-    attributes_of_block,
+    block_record,
     loop_and_task_records,
 )
+from looptrace.session import BlockEvent
+
+from . import SinkInputs
+from ._otel_metrics import LoopMetrics, instruments_for
 
 logger = logging.getLogger("looptrace")
 
@@ -80,16 +78,6 @@ class _ExporterTrouble(logging.Filter):
         return "unreachable" if text else "the export queue was full"
 
 
-class _RecorderLoops:
-    def __init__(self, recorder: Any) -> None:
-        self._recorder = recorder
-
-    def loop_figures(self) -> list[LoopFigures]:
-        if self._recorder is None:
-            return []
-        return [record.figures(False, None) for record in self._recorder.loop_records()]
-
-
 def _on_loop_thread() -> bool:
     return asyncio.events._get_running_loop() is not None
 
@@ -102,11 +90,9 @@ def _is_real_meter_provider(provider: Any) -> bool:
 class OtelSink:
     """One installation's OpenTelemetry export. See :mod:`looptrace.exporters.otel`."""
 
-    def __init__(self, options: Options, recorder: Any, snapshot: Callable[[], Any] | None,
-                 tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        self._recorder = recorder
-        self._snapshot = snapshot
-        self._offset_ns = recorder.epoch_offset_ns if recorder is not None else epoch_offset_ns()
+    def __init__(self, options: Options, inputs: SinkInputs, tracer_provider: Any = None,
+                 meter_provider: Any = None) -> None:
+        self._inputs = inputs
         self._span_kinds = tuple(k for k in options.otel_spans.split(",") if k)
         self._explicit_tracer_provider = tracer_provider
         self._tracers: dict[Any, trace.Tracer] = {}
@@ -144,8 +130,7 @@ class OtelSink:
                 logging.getLogger(_METRIC_EXPORTER_LOGGER).addFilter(self._metric_trouble)
 
     def _count_dropped_spans(self, count: int) -> None:
-        if self._recorder is not None:
-            self._recorder.drop("spans", count)
+        self._inputs.count_dropped("spans", count)
 
     def _start_metrics(self, explicit: Any) -> LoopMetrics | None:
         """Instruments on the explicit, else the application's, else looptrace's own
@@ -160,7 +145,7 @@ class OtelSink:
             return None
         instruments = instruments_for(provider, lambda: provider.get_meter(
             SCOPE_NAME, __version__, schema_url=SCHEMA_URL))
-        return LoopMetrics(instruments, _RecorderLoops(self._recorder))
+        return LoopMetrics(instruments, self._inputs.loops)
 
     def _tracer(self) -> trace.Tracer | None:
         provider = self._explicit_tracer_provider
@@ -180,18 +165,12 @@ class OtelSink:
 
     # -- spans
 
-    def on_block(self, block: Block) -> None:
-        """The block's span (on the dispatch thread), and its count in the metrics."""
-        tracer = self._tracer()
-        if tracer is not None:
-            start = block.start_ns + self._offset_ns
-            span = tracer.start_span(
-                BLOCK_SPAN, context=_parent(block.trace_id, block.span_id, block.trace_sampled),
-                kind=SpanKind.INTERNAL, start_time=start,
-                attributes=attributes_of_block(block))
-            span.end(end_time=start + block.duration_ns)
+    def on_block(self, event: BlockEvent) -> None:
+        """The block's span (on the dispatch thread), the same span the Jaeger JSON file
+        holds for it, and its count in the metrics."""
+        self._emit([block_record(event)])
         if self._metrics is not None:
-            self._metrics.on_block(block)
+            self._metrics.on_block(event)
 
     def _emit(self, records: list[SpanRecord]) -> None:
         tracer = self._tracer()
@@ -202,7 +181,7 @@ class OtelSink:
             if record.parent_key is not None and record.parent_key in by_key:
                 context = trace.set_span_in_context(by_key[record.parent_key], Context())
             elif record.parent is not None:
-                context = _parent(*record.parent)
+                context = _parent(*record.parent, record.parent_sampled)
             else:
                 context = Context()
             span = tracer.start_span(record.name, context=context, kind=SpanKind.INTERNAL,
@@ -231,9 +210,10 @@ class OtelSink:
 
     def _shutdown(self, deadline: float) -> None:
         try:
-            if self._snapshot is not None and ("loops" in self._span_kinds
-                                               or "tasks" in self._span_kinds):
-                self._emit(loop_and_task_records(self._snapshot(), self._span_kinds))
+            snapshot = self._inputs.snapshot
+            if snapshot is not None and ("loops" in self._span_kinds
+                                         or "tasks" in self._span_kinds):
+                self._emit(loop_and_task_records(snapshot(), self._span_kinds))
             if self._own_processor is not None:
                 # Spans first, with most of the time: what is not sent by then is counted
                 # as dropped, early enough for the report to include it.

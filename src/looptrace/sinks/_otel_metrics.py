@@ -36,12 +36,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from looptrace._histogram import bucket_width
-from looptrace.events import Block, LoopFigures
+from looptrace.events import LoopFigures
+from looptrace.session import BlockEvent
+
+from . import LoopsView
 
 logger = logging.getLogger("looptrace")
 
@@ -52,12 +55,6 @@ LAG_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 LAG_RECORDS_PER_S = 1000
 _ALWAYS_RECORDED_NS = 1_000_000
 _PUMP_INTERVAL_S = 1.0
-
-
-class LoopSource(Protocol):
-    """What the metrics read: each loop's figures, copied out off the loop thread."""
-
-    def loop_figures(self) -> list[LoopFigures]: ...
 
 
 def _loop_attributes(figures: LoopFigures) -> dict[str, Any]:
@@ -78,8 +75,8 @@ class _Instruments:
     instrument of a name and its callbacks), read from whichever installation is current."""
 
     def __init__(self, meter: Meter) -> None:
-        self.source: LoopSource | None = None
-        self.retired: LoopSource | None = None  # reported once more after it closed
+        self.source: LoopsView | None = None
+        self.retired: LoopsView | None = None  # reported once more after it closed
         self.lock = threading.Lock()
         self._seen_util: dict[int, tuple[int, int]] = {}
         self.lag = meter.create_histogram(
@@ -101,12 +98,12 @@ class _Instruments:
             "looptrace.eventloop.iterations", callbacks=[self._observe_iterations],
             unit="{iteration}", description="Event-loop iterations (select calls).")
 
-    def plug(self, source: LoopSource) -> None:
+    def plug(self, source: LoopsView) -> None:
         with self.lock:
             self.source, self.retired = source, None
             self._seen_util.clear()
 
-    def unplug(self, source: LoopSource) -> None:
+    def unplug(self, source: LoopsView) -> None:
         """After an installation closed, its final figures are reported once more (the
         application's last collection at exit), then no longer."""
         with self.lock:
@@ -171,7 +168,7 @@ class LoopMetrics:
     """One installation's metrics: it plugs its loops into the provider's instruments, and
     runs the pump that feeds the lag histogram."""
 
-    def __init__(self, instruments: _Instruments, source: LoopSource) -> None:
+    def __init__(self, instruments: _Instruments, source: LoopsView) -> None:
         self._instruments = instruments
         self._source = source
         self._seen_hist: dict[int, dict[int, int]] = {}
@@ -184,10 +181,10 @@ class LoopMetrics:
 
     # -- per block (on the dispatch thread)
 
-    def on_block(self, block: Block) -> None:
-        attributes: dict[str, str] = {"looptrace.kind": block.kind}
-        if block.call is not None:
-            attributes["looptrace.call"] = block.call
+    def on_block(self, event: BlockEvent) -> None:
+        attributes: dict[str, str] = {"looptrace.kind": event.kind}
+        if event.call is not None:
+            attributes["looptrace.call"] = event.call
         self._instruments.blocks.add(1, attributes)
 
     # -- the lag pump (its own thread)

@@ -21,15 +21,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from looptrace._config import Options
-from looptrace.events import Block
+from looptrace.session import BlockEvent
+
+from . import LiveSink, SinkInputs
+
+if TYPE_CHECKING:
+    from ._otel_sink import OtelSink
 
 logger = logging.getLogger("looptrace")
-
-LiveSink = tuple[str, Callable[[Block], None], Callable[[float], None]]
 
 _explicit_providers: dict[str, Any] = {"tracer_provider": None, "meter_provider": None}
 
@@ -40,28 +42,27 @@ def use_providers(tracer_provider: Any = None, meter_provider: Any = None) -> No
     _explicit_providers.update(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
 
-def live_sink(options: Options, recorder: Any = None,
-              snapshot: Callable[[], Any] | None = None) -> LiveSink | None:
-    """Return ``(name, listener, close)`` for :mod:`looptrace._api`, or None when
-    OpenTelemetry is not installed.
+def live_sink(options: Options, inputs: SinkInputs) -> LiveSink | None:
+    """The OpenTelemetry sink for :mod:`looptrace._api`, or None when OpenTelemetry is not
+    installed.
 
-    ``listener(block)`` runs on looptrace's dispatch thread and makes the block's span;
-    ``close(timeout_s)`` flushes looptrace's own pipeline within ``timeout_s``. ``recorder``
-    supplies the clock offset, the loop figures for metrics, and the drop counters;
-    ``snapshot`` the final session, for loop and task spans.
+    ``on_block(event)`` runs on looptrace's dispatch thread and makes the block's span;
+    ``close(timeout_s)`` flushes looptrace's own pipeline within ``timeout_s``. ``inputs``
+    supplies the loop figures for metrics, the drop counter for spans that could not be
+    sent, and the final session, for loop and task spans.
 
     Called on a loop thread (``install()`` inside a coroutine), the setup (importing
     OpenTelemetry, building the pipeline: a few hundred milliseconds) runs on a thread of
     its own instead, so that the loop is not blocked by looptrace itself.
     """
     if asyncio.events._get_running_loop() is not None:
-        deferred = _DeferredSink(options, recorder, snapshot)
-        return "opentelemetry", deferred.on_block, deferred.close
-    sink = _make_sink(options, recorder, snapshot)
-    return ("opentelemetry", sink.on_block, sink.close) if sink is not None else None
+        deferred = _DeferredSink(options, inputs)
+        return LiveSink("opentelemetry", deferred.on_block, deferred.close)
+    sink = _make_sink(options, inputs)
+    return LiveSink("opentelemetry", sink.on_block, sink.close) if sink is not None else None
 
 
-def _make_sink(options: Options, recorder: Any, snapshot: Callable[[], Any] | None) -> Any:
+def _make_sink(options: Options, inputs: SinkInputs) -> OtelSink | None:
     try:
         # OpenTelemetry loads only now, and may be missing: see the module's docstring.
         from ._otel_sink import OtelSink
@@ -71,7 +72,7 @@ def _make_sink(options: Options, recorder: Any, snapshot: Callable[[], Any] | No
                            "'looptrace[otel]'); continuing without it (%s)", exc)
         return None
     try:
-        return OtelSink(options, recorder, snapshot, **_explicit_providers)
+        return OtelSink(options, inputs, **_explicit_providers)
     except ImportError as exc:
         logger.warning("looptrace: OTLP export needs the OTLP/HTTP exporter (pip install "
                        "'looptrace[otel]'); continuing without it (%s)", exc)
@@ -82,28 +83,26 @@ class _DeferredSink:
     """A sink whose setup runs on the ``looptrace-otel-setup`` thread; blocks that come
     before it is ready wait for it on the dispatch thread, never on a loop thread."""
 
-    def __init__(self, options: Options, recorder: Any,
-                 snapshot: Callable[[], Any] | None) -> None:
-        self._sink: Any = None
+    def __init__(self, options: Options, inputs: SinkInputs) -> None:
+        self._sink: OtelSink | None = None
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._setup, args=(options, recorder, snapshot),
+        self._thread = threading.Thread(target=self._setup, args=(options, inputs),
                                         name="looptrace-otel-setup", daemon=True)
         self._thread.start()
 
-    def _setup(self, options: Options, recorder: Any,
-               snapshot: Callable[[], Any] | None) -> None:
+    def _setup(self, options: Options, inputs: SinkInputs) -> None:
         try:
-            self._sink = _make_sink(options, recorder, snapshot)
+            self._sink = _make_sink(options, inputs)
         except Exception as exc:  # a broken OpenTelemetry: say so, and export nothing
             logger.warning("looptrace: setting up the OpenTelemetry export failed: %s: %s",
                            type(exc).__name__, exc)
         finally:
             self._ready.set()
 
-    def on_block(self, block: Block) -> None:
+    def on_block(self, event: BlockEvent) -> None:
         self._ready.wait()
         if self._sink is not None:
-            self._sink.on_block(block)
+            self._sink.on_block(event)
 
     def close(self, timeout_s: float) -> None:
         if asyncio.events._get_running_loop() is not None:

@@ -1,0 +1,47 @@
+"""Live outputs: each block as it is found (OpenTelemetry spans and metrics, log events).
+
+A sink receives the same record of a block as every file renderer: a
+:class:`~looptrace.session.BlockEvent`, converted once from what the hooks recorded, on
+looptrace's dispatch thread. What else it may read of the recording is the typed,
+read-only :class:`SinkInputs`; a sink never sees the recorder or the hooks (the layering
+test checks it). ``looptrace.exporters`` holds the renderers of a whole
+:class:`~looptrace.session.Session`; sinks may share their mappings (a block's span
+attributes are :mod:`looptrace.exporters._spans`'s), never the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from looptrace.events import LoopFigures
+from looptrace.session import BlockEvent, Session
+
+
+class LoopsView(Protocol):
+    """Each loop's figures so far, copied out (safe off the loop threads)."""
+
+    def loop_figures(self) -> list[LoopFigures]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkInputs:
+    """What a live sink may read of the installation, and the one thing it may tell it."""
+
+    loops: LoopsView
+    count_dropped: Callable[[str, int], None]
+    """Count items an output had to drop (``"spans"``): they reach the report's
+    ``dropped``."""
+    snapshot: Callable[[], Session] | None = None
+    """The report so far (the final one when called at close): for loop and task spans."""
+
+
+class LiveSink(NamedTuple):
+    """A live output, as :mod:`looptrace._api` runs it."""
+
+    name: str
+    on_block: Callable[[BlockEvent], None]
+    """Called on the dispatch thread with each block, never on a loop thread."""
+    close: Callable[[float], None]
+    """Deliver what is pending within the given seconds, then stop."""
