@@ -220,3 +220,13 @@ def test_report_command_writes_html(session: Session, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     assert main(["report", str(saved), "--format", "html", "-o", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == html.render(Session.load(saved))
+
+
+def test_many_loops_say_both_what_the_table_and_the_timeline_leave_out(session: Session) -> None:
+    """Past 200 loops the table note and the timeline note are both in the page (the
+    second used to overwrite the first)."""
+    loops = tuple(replace(session.loops[0], id=i) for i in range(1, html.MAX_LOOP_ROWS + 2))
+    page = html.render(replace(session, loops=loops))
+    assert f"The table shows the {html.MAX_LOOP_ROWS} loops with the most" in page
+    assert f"of {len(loops)}; the JSON report has them all" in page
+    assert f"Timelines of the {html.MAX_TIMELINES} loops with the most" in page

@@ -46,8 +46,9 @@ def test_loop_metrics_are_exported() -> None:
     assert tuple(lag.explicit_bounds) == LAG_BUCKETS_S
     # Every iteration but the first of each run_until_complete (asyncio.run makes three).
     assert loop.iterations - 3 <= lag.count < loop.iterations
-    assert 0.025 <= lag.max <= 0.04
-    assert lag.bucket_counts[LAG_BUCKETS_S.index(0.025) + 1] >= 1  # the block: 25-50 ms
+    # The block sleeps 30 ms: at least that, more on a busy machine.
+    assert lag.max >= 0.025
+    assert sum(lag.bucket_counts[LAG_BUCKETS_S.index(0.025) + 1:]) >= 1
     states = {p.attributes["looptrace.eventloop.state"]: p.value
               for p in points["looptrace.eventloop.time"]}
     assert abs(states["busy"] * 1000 - loop.busy_ms) < 1

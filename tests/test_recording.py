@@ -94,8 +94,10 @@ def test_default_mode_counts_waits_but_keeps_no_timeline() -> None:
     (loop,) = session.loops
     assert loop.iterations is not None and loop.iterations >= 5
     assert loop.io_wait_ms is not None and loop.io_wait_ms >= 40
-    assert loop.lag_ms.max is not None and loop.lag_ms.p50 is not None
-    assert loop.lag_ms.p50 <= loop.lag_ms.max
+    # The lag is counted per iteration; these iterations run one tiny step each, so their
+    # typical lag is far below the threshold (100 ms) even on a busy machine.
+    assert loop.lag_ms.source == "iterations"
+    assert loop.lag_ms.p50 is not None and loop.lag_ms.p50 < 100
 
 
 # -- steps

@@ -80,8 +80,10 @@ def test_add_loop_context_without_looptrace() -> None:
 
     with capture_logs(processors=[add_loop_context]) as logs:
         asyncio.run(main())
-    assert logs == [{"event": "hello", "log_level": "info", "task": "Task-1"}] or (
-        set(logs[0]) == {"event", "log_level", "task"} and logs[0]["task"].startswith("Task-"))
+    # The task's number depends on the tasks made before it in this process.
+    (event,) = logs
+    assert set(event) == {"event", "log_level", "task"}
+    assert event["task"].startswith("Task-")
 
 
 def test_add_trace_ids_from_the_current_span(

@@ -209,8 +209,7 @@ def snapshot() -> Session:
 class Tracing:
     """What :func:`installed` yields: the report so far, or the final one after the block."""
 
-    def __init__(self, owned: bool) -> None:
-        self._owned = owned
+    def __init__(self) -> None:
         self.session: Session | None = None
 
     def snapshot(self) -> Session:
@@ -226,7 +225,7 @@ def installed(**options: Any) -> Iterator[Tracing]:
     """
     owned = not is_installed()
     install(**options)
-    tracing = Tracing(owned)
+    tracing = Tracing()
     try:
         yield tracing
     finally:

@@ -21,9 +21,12 @@ from typing import Any
 
 from ._clock import now_ns
 from ._config import Options
+from ._hooks.heartbeat import Heartbeat
+from ._hooks.owners import OwnerTable
+from ._hooks.selector import SelectTimer
+from ._hooks.steps import Slot
 from .events import (
     Block,
-    CodeLocation,
     Fault,
     LoopFigures,
     LoopNow,
@@ -34,6 +37,9 @@ from .events import (
 )
 
 logger = logging.getLogger("looptrace")
+
+StepRing = Callable[[Slot], list[tuple[int, int, int]]]
+"""Full mode: the steps a thread's ring kept, (start_ns, duration_ns, owner id)."""
 
 _MAX_RUN_PERIODS = 1024
 _MAX_LOOPS = 1000
@@ -94,9 +100,9 @@ class LoopRecord:
         self.missing = missing
         self.thread_id = threading.get_ident()
         self.thread_name = threading.current_thread().name
-        self.timer: Any = None          # SelectTimer, for selector loops
-        self.heartbeat: Any = None      # Heartbeat, for loops without a Python selector
-        self.slot: Any = None           # the StepSlot of the thread running the loop
+        self.timer: SelectTimer | None = None  # for selector loops
+        self.heartbeat: Heartbeat | None = None  # for loops without a Python selector
+        self.slot: Slot | None = None  # the step slot of the thread running the loop
         self.steps_done = 0
         self.steps_base: int | None = None
         # Full mode: when this loop ran, to pick its steps out of its thread's step ring,
@@ -109,7 +115,7 @@ class LoopRecord:
         self.last_block_end_ns = 0
         self.closed = False
 
-    def run_started(self, slot: Any) -> None:
+    def run_started(self, slot: Slot | None) -> None:
         """The loop starts running on the calling thread."""
         self.thread_id = threading.get_ident()
         self.thread_name = threading.current_thread().name
@@ -144,7 +150,7 @@ class LoopRecord:
                 own.append(step)
         return own
 
-    def release(self, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> int:
+    def release(self, step_ring: StepRing | None) -> int:
         """The loop closed: keep its steps (full mode), stop counting. Returns how many
         steps it kept."""
         self.run_stopped()
@@ -168,7 +174,7 @@ class LoopRecord:
         if self.last_block_end_ns < start_ns:
             self.saturated_iterations += 1
 
-    def figures(self, full: bool, step_ring: Callable[[Any], list[tuple[int, int, int]]] | None
+    def figures(self, full: bool, step_ring: StepRing | None
                 ) -> LoopFigures:
         timer = self.timer
         heartbeat = self.heartbeat
@@ -204,7 +210,7 @@ class LoopRecord:
         )
 
 
-def _io_wait_so_far(timer: Any) -> int:
+def _io_wait_so_far(timer: SelectTimer) -> int:
     """The loop's waiting time, including the wait in progress (a loop asleep in epoll when
     the report is taken has been idle all that time)."""
     since = getattr(timer, "waiting_since_ns", 0)
@@ -264,7 +270,7 @@ class Recorder:
                 return
 
     def release_loop(self, record: LoopRecord,
-                     step_ring: Callable[[Any], list[tuple[int, int, int]]] | None) -> None:
+                     step_ring: StepRing | None) -> None:
         """A loop closed. Full mode keeps the steps of closed loops for the timeline, within
         one ring's worth in total: the oldest closed loops' steps make room."""
         kept = record.release(step_ring)
@@ -377,8 +383,8 @@ class Recorder:
 
     # -- copy out
 
-    def recording(self, *, accelerated: bool, probes: int, owners: Any = None,
-                  step_ring: Callable[[Any], list[tuple[int, int, int]]] | None = None,
+    def recording(self, *, accelerated: bool, probes: int, owners: OwnerTable | None = None,
+                  step_ring: StepRing | None = None,
                   extra_dropped: dict[str, int] | None = None) -> Recording:
         full = self.options.mode == "full"
         with self._lock:
@@ -408,7 +414,7 @@ class Recorder:
         )
 
 
-def _merge_owner_rows(tasks: list[TaskFigures], owners: Any) -> list[TaskFigures]:
+def _merge_owner_rows(tasks: list[TaskFigures], owners: OwnerTable) -> list[TaskFigures]:
     """Full mode: join the per-owner busy time with the per-task block figures."""
     by_key = {(t.name, t.coroutine): t for t in tasks}
     merged = []
@@ -425,6 +431,3 @@ def _merge_owner_rows(tasks: list[TaskFigures], owners: Any) -> list[TaskFigures
     merged.extend(by_key.values())
     return merged
 
-
-def describe_site(site: CodeLocation | None) -> str:
-    return str(site) if site is not None else "(unknown site)"

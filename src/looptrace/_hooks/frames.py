@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import site
-import sys
 import sysconfig
 from types import FrameType
 
@@ -164,14 +163,3 @@ def locate(frame: FrameType | None, codemap: CodeMap
     stack = tuple(location(f) for f, category in zip(reversed(frames), reversed(categories),
                                                      strict=True) if category != LOOPTRACE)
     return site_location, callee, stack
-
-
-def caller_site(depth: int, codemap: CodeMap
-                ) -> tuple[CodeLocation | None, tuple[CodeLocation, ...]]:
-    """Site and stack of the code that called the function ``depth`` frames up from here."""
-    try:
-        frame = sys._getframe(depth + 1)
-    except ValueError:
-        return None, ()
-    site_location, _, stack = locate(frame, codemap)
-    return site_location, stack

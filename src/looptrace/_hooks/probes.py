@@ -166,10 +166,6 @@ class Probes:
         self._lock = threading.Lock()
         self.installed = 0
 
-    @property
-    def active(self) -> int:
-        return len(self._patches)
-
     def patch_available(self) -> None:
         """Patch every waiting entry whose module is imported now."""
         with self._lock:

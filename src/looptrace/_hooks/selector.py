@@ -173,11 +173,6 @@ def make_select_timer(selector: selectors.BaseSelector, on_long_iteration: OnLon
     return py_timer.method, py_timer
 
 
-def attach_timer(selector: selectors.BaseSelector, select: Any) -> None:
-    """Shadow the selector's ``select`` with ``select`` (an instance attribute)."""
-    selector.select = select  # type: ignore[method-assign]
-
-
 def detach_timer(selector: selectors.BaseSelector, select: Any) -> bool:
     """Remove our ``select`` if it is still the one set; return whether it was."""
     if vars(selector).get("select") is select:
@@ -189,8 +184,8 @@ def detach_timer(selector: selectors.BaseSelector, select: Any) -> bool:
 class FrozenTimer:
     """A closed loop's final select figures, kept without keeping its selector alive."""
 
-    enabled = False
-    threshold_ns = 0
+    enabled: int | bool = False
+    threshold_ns: int = 0
 
     def __init__(self, timer: SelectTimer) -> None:
         self.select_calls = timer.select_calls

@@ -2,8 +2,11 @@
 
 The hook publishes what each thread's loop is running (handle, start time) in a per-thread
 slot that the watchdog reads, and hands every step at or over the threshold to
-``on_long_step(handle, start_ns, end_ns, seq)`` on the loop thread. It always calls the
-original ``_run``, so asyncio's own exception handling is untouched.
+``on_long_step(handle, start_ns, end_ns, seq)`` on the loop thread. asyncio's own exception
+handling is untouched: the Python hooks call the original ``_run``; the C hook, for the
+stdlib's own handle classes, runs the step inline (as ``Handle._run`` does) and hands a
+callback's exception to the original ``_run`` to report, so the message, the handler's
+context and the traceback are asyncio's (see "inline steps" in ``_speedups.c``).
 
 Three implementations share that contract:
 
@@ -304,11 +307,3 @@ def _register_c_full_hook() -> None:
 
 _register_c_full_hook()
 
-
-def accelerator_available() -> bool:
-    """Whether the C accelerator was built for this interpreter."""
-    try:
-        import looptrace._speedups  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -50,7 +50,6 @@ class Watchdog:
         self._stop = threading.Event()
         self._sampling = True
         self._next_housekeeping = 0
-        self.samples_taken = 0
         self._thread = threading.Thread(target=self._run, name="looptrace-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -175,4 +174,3 @@ class Watchdog:
                 samples.sched = (now_ns(), *reading)
         samples.add(site, callee, stack, task,
                     coroutine_name(task) if task is not None else None, span)
-        self.samples_taken += 1

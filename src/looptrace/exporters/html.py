@@ -218,8 +218,8 @@ def _loops(session: Session, numbered: Sequence[tuple[int, BlockEvent]]) -> str:
         more += (f'<p class="none">The table shows the {MAX_LOOP_ROWS} loops with the most '
                  f"blocked time of {len(session.loops)}; the JSON report has them all.</p>")
     if len(session.loops) > MAX_TIMELINES:
-        more = (f'<p class="none">Timelines of the {MAX_TIMELINES} loops with the most '
-                f"blocked time are drawn.</p>")
+        more += (f'<p class="none">Timelines of the {MAX_TIMELINES} loops with the most '
+                 f"blocked time are drawn.</p>")
     return (f'<section id="loops"><h2>Loops</h2>{table}<h2 id="timeline">Timeline</h2>'
             f"{legend}{''.join(figures)}{more}</section>")
 
