@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "looptrace._speedups": 1,
     "looptrace._recorder": 1,
     "looptrace._dispatch": 1,
+    "looptrace._faults": 1,
     # L2 model: the report and what is computed from recorded values.
     "looptrace.session": 2,
     "looptrace.analysis": 2,
@@ -246,9 +247,13 @@ def _private_attributes() -> dict[str, set[str]]:
                 name = node.attr
             elif isinstance(node, ast.ClassDef):
                 for item in node.body:
-                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) \
-                            and _is_private(item.name):
-                        owners.setdefault(item.name, set()).add(module)
+                    names = [item.name] if isinstance(
+                        item, ast.FunctionDef | ast.AsyncFunctionDef) else [
+                        t.id for t in getattr(item, "targets", [getattr(item, "target", None)])
+                        if isinstance(t, ast.Name)]
+                    for class_name in names:
+                        if _is_private(class_name):
+                            owners.setdefault(class_name, set()).add(module)
             if name is not None and _is_private(name):
                 owners.setdefault(name, set()).add(module)
     return owners

@@ -72,6 +72,9 @@ class _Installation:
         self.tracer.flush()
         dispatcher = self.dispatcher
         extra = {"published_blocks": dispatcher.dropped} if dispatcher is not None else {}
+        watchdog = self.tracer.watchdog
+        if watchdog is not None:
+            extra["sample_sites"] = watchdog.dropped_sample_sites
         recording = self.recorder.recording(
             accelerated=self.tracer.accelerated,
             probes=self.tracer.probes.installed if self.tracer.probes is not None else 0,

@@ -8,7 +8,6 @@ in a ring, sites and tasks in capped tables, and whatever does not fit is counte
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import sys
@@ -21,13 +20,13 @@ from typing import Any
 
 from ._clock import now_ns
 from ._config import Options
+from ._faults import FaultPolicy
 from ._hooks.heartbeat import Heartbeat
 from ._hooks.owners import OwnerTable
 from ._hooks.selector import SelectTimer
 from ._hooks.steps import Slot
 from .events import (
     Block,
-    Fault,
     LoopFigures,
     LoopNow,
     Recording,
@@ -35,8 +34,6 @@ from .events import (
     TaskFigures,
     task_group,
 )
-
-logger = logging.getLogger("looptrace")
 
 StepRing = Callable[[Slot], list[tuple[int, int, int]]]
 """Full mode: the steps a thread's ring kept, (start_ns, duration_ns, owner id)."""
@@ -242,8 +239,7 @@ class Recorder:
         self._sites: dict[tuple[str, str | None, str | None, int | None], SiteStats] = {}
         self._tasks: dict[tuple[str, str | None], TaskStats] = {}
         self._dropped: Counter[str] = Counter()
-        self._faults: dict[str, list[Any]] = {}
-        self._disablers: dict[str, Callable[[], None]] = {}
+        self.faults = FaultPolicy()
         self.publish: Callable[[Block], None] | None = None
         """Where each new block goes besides the aggregates (the live sinks' dispatcher)."""
 
@@ -355,31 +351,15 @@ class Recorder:
         with self._lock:
             self._dropped[what] += count
 
-    # -- faults
+    # -- faults: the policy lives in _faults.py; these are its doors for the hooks
 
     def on_fault(self, hook: str, disable: Callable[[], None]) -> None:
         """Register what to do when ``hook`` fails: switch it off."""
-        self._disablers[hook] = disable
+        self.faults.on_fault(hook, disable)
 
     def fault(self, hook: str, exc: BaseException, count: int = 1) -> None:
-        """An error inside a hook (``count`` of them, when a hook counted errors it caught
-        itself): count it, disable that hook, log once. Never raises."""
-        try:
-            with self._lock:
-                entry = self._faults.get(hook)
-                first = entry is None
-                if entry is None:
-                    entry = self._faults[hook] = [0, f"{type(exc).__name__}: {exc}"]
-                entry[0] += count
-            if first:
-                disable = self._disablers.get(hook)
-                if disable is not None:
-                    disable()
-                logger.warning("looptrace: the %s hook failed and is now disabled "
-                               "(the program is not affected): %s: %s",
-                               hook, type(exc).__name__, exc)
-        except Exception:  # a fault while handling a fault: the program comes first
-            pass
+        """An error inside a hook: counted, that hook disabled, logged once. Never raises."""
+        self.faults.fault(hook, exc, count)
 
     # -- copy out
 
@@ -395,8 +375,7 @@ class Recorder:
                                  t.blocks, t.block_ns, t.max_block_ns)
                      for (name, coroutine), t in self._tasks.items()]
             dropped = Counter(self._dropped)
-            faults = tuple(Fault(hook, count, error)
-                           for hook, (count, error) in self._faults.items())
+            faults = self.faults.faults()
         owner_rows: tuple[tuple[str, str, str | None], ...] = ()
         if owners is not None:
             tasks = _merge_owner_rows(tasks, owners)

@@ -47,6 +47,8 @@ class Watchdog:
         self._samples: dict[tuple[object, int], StepSamples] = {}
         self._pending: deque[LongStep] = deque()
         self._finalize_lock = threading.Lock()
+        self.dropped_sample_sites = 0
+        """Samples of long steps at more distinct sites than a step keeps (reported)."""
         self._stop = threading.Event()
         self._sampling = True
         self._next_housekeeping = 0
@@ -81,6 +83,8 @@ class Watchdog:
             while self._pending:
                 step = self._pending.popleft()
                 samples = self._samples.pop(step.sample_key, None)
+                if samples is not None:
+                    self.dropped_sample_sites += samples.overflow
                 try:
                     block = build_block(step, samples)
                 except Exception as exc:  # counted; the next block gets its chance
