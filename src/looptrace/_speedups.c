@@ -6,8 +6,10 @@
  * StepHook    goes in place of asyncio.events.Handle._run. It times every step, publishes
  *             the running handle and its start time in a per-thread StepSlot (read by the
  *             watchdog thread), and calls back into Python only for a step at or over the
- *             threshold. It calls the original _run, so asyncio's own exception handling,
- *             tracebacks and messages are untouched.
+ *             threshold. asyncio's own exception handling, tracebacks and messages are
+ *             untouched: for other handle classes it calls the original _run; for the
+ *             stdlib's own it runs the step inline and hands a callback's exception to the
+ *             original _run to report (see "inline steps").
  * FullStepHook (full mode) also records every step, (start_ns, duration_ns, owner id), in
  *             a per-thread ring of plain integers, and adds its time to its owner's figures
  *             (an OwnerTable: Python calls only the first time an owner is seen).
@@ -17,7 +19,29 @@
  *
  * Both read the same clock as time.perf_counter_ns(). The pure-Python fallbacks in
  * looptrace/_hooks/ implement the same interface and are tested against the same suite.
+ *
+ * Contracts (who owns what, which thread touches what):
+ *
+ * - The GIL guards everything here. The loop threads (in the hooks) and the watchdog
+ *   thread (reading slots, prune(), ring()) touch these objects only while holding it; no
+ *   field is atomic. Free-threaded builds (Py_GIL_DISABLED) are therefore refused at
+ *   compile time below, and looptrace uses its pure-Python hooks there.
+ * - StepSlot.handle: a strong reference taken by StepHook_call for the duration of one step
+ *   and given back when it ends (the outer handle is restored for a loop run inside a
+ *   step); the watchdog reads it through the getter, which returns a new reference.
+ * - tls_slot: a borrowed pointer, valid only while tls_generation equals the hook's
+ *   generation (an uninstalled hook's registry, and its slots, may be gone). The registry
+ *   owns every slot; prune() (called from the watchdog thread's housekeeping) frees only
+ *   the slots of threads that no longer exist, so a living thread's cached pointer always
+ *   points at a slot its registry still holds. The Python caller must pass every living
+ *   thread in `alive` (looptrace passes sys._current_frames() and threading.enumerate()).
+ * - A step keeps its own reference to its slot (the step may uninstall looptrace).
+ * - SelectTimer.__wrapped__ reuses StepHook_get_wrapped: both structs start with
+ *   PyObject_HEAD, vectorcall, original, in that order (checked by a static assertion).
  */
+#if defined(Py_GIL_DISABLED)
+#error "looptrace._speedups relies on the GIL (see Contracts above): no free-threaded build"
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
@@ -1274,6 +1298,10 @@ static PyMemberDef SelectTimer_members[] = {
     {"faults", T_ULONGLONG, offsetof(SelectTimer, faults), READONLY, NULL},
     {NULL}
 };
+
+/* SelectTimer_getset reuses StepHook_get_wrapped: the `original` fields must line up. */
+_Static_assert(offsetof(SelectTimer, original) == offsetof(StepHook, original),
+               "SelectTimer.original must sit where StepHook.original does");
 
 static PyGetSetDef SelectTimer_getset[] = {
     {"__wrapped__", (getter)StepHook_get_wrapped, NULL, "The selector's own select.", NULL},
