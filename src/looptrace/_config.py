@@ -127,6 +127,8 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
 )
 
 _OPTION_NAMES = tuple(f.name for f in fields(Options))
+OPTION_NAMES = frozenset(_OPTION_NAMES)
+"""Every option ``install()`` takes (the instrumentor passes these on, and only these)."""
 
 
 def _shown(value: object) -> str:

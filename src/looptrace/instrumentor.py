@@ -13,7 +13,6 @@ every block becomes a span exported with the application's other spans. Disable 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import fields
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -21,10 +20,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from . import _api
-from ._config import Options
+from ._config import OPTION_NAMES
 from .sinks import otel
-
-_OPTION_NAMES = frozenset(f.name for f in fields(Options))
 
 
 class LooptraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -43,7 +40,7 @@ class LooptraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         otel.use_providers(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
-        options = {name: value for name, value in kwargs.items() if name in _OPTION_NAMES}
+        options = {name: value for name, value in kwargs.items() if name in OPTION_NAMES}
         self._installed_by_us = not _api.is_installed()
         _api.install(**options)
 
