@@ -88,7 +88,7 @@ def _is_real_meter_provider(provider: Any) -> bool:
 
 
 class OtelSink:
-    """One installation's OpenTelemetry export. See :mod:`looptrace.exporters.otel`."""
+    """One installation's OpenTelemetry export. See :mod:`looptrace.sinks.otel`."""
 
     def __init__(self, options: Options, inputs: SinkInputs, tracer_provider: Any = None,
                  meter_provider: Any = None) -> None:
