@@ -11,7 +11,8 @@ from setuptools import Extension, setup
 ext_modules = []
 if platform.python_implementation() == "CPython":
     ext_modules.append(
-        Extension("looptrace._speedups", ["src/looptrace/_speedups.c"], optional=True)
+        Extension("looptrace._speedups", ["src/looptrace/_speedups.c", "src/looptrace/_sampler.c"],
+                  depends=["src/looptrace/_sampler.h"], optional=True)
     )
 
 setup(ext_modules=ext_modules)

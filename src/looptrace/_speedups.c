@@ -46,6 +46,7 @@
 #include <Python.h>
 #include <stddef.h>
 #include "structmember.h"
+#include "_sampler.h"
 
 /* ---------------------------------------------------------------- clock */
 
@@ -146,6 +147,7 @@ static void
 StepSlot_dealloc(StepSlot *self)
 {
     PyObject_GC_UnTrack(self);
+    ls_sampler_forget(self);
     StepSlot_clear(self);
     PyMem_Free(self->ring);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -355,6 +357,7 @@ slot_for_this_thread(StepHook *hook)
             slot->ring_items = 3 * hook->ring_capacity;
         }
         PyObject_GC_Track(slot);
+        ls_sampler_watch(slot, ident, &slot->seq, &slot->start_ns, &slot->handle);
         int failed = PyDict_SetItem(hook->registry, key, (PyObject *)slot);
         Py_DECREF(slot);  /* the registry owns it now */
         if (failed) {
@@ -1356,6 +1359,14 @@ static PyMethodDef module_methods[] = {
     {"now_ns", speedups_now_ns, METH_NOARGS, "The clock of time.perf_counter_ns()."},
     {"current_frames", speedups_current_frames, METH_NOARGS,
      "sys._current_frames() with the garbage collector held off (CPython gh-106883)."},
+    {"native_status", ls_native_status, METH_NOARGS,
+     "None when the native sampler can run here, else why it is off."},
+    {"native_start", ls_native_start, METH_VARARGS,
+     "native_start(poll_ns, arm_ns, interval_ns): start (or retune) the native sampler."},
+    {"native_stop", ls_native_stop, METH_NOARGS, "Stop the native sampler thread."},
+    {"native_take", ls_native_take, METH_O,
+     "native_take(thread_ident): (samples, codes, dropped) sampled since the last take."},
+    {"native_ticks", ls_native_ticks, METH_NOARGS, "How many times the native sampler looked."},
     {NULL}
 };
 
