@@ -129,6 +129,7 @@ typedef struct {
     unsigned char in_step;     /* a step was running (else: between steps, e.g. select) */
     unsigned char waiting;     /* the thread waited for the GIL */
     unsigned long holder;      /* the GIL holder's thread ident, 0 if unknown */
+    long long run_ns, wait_ns; /* schedstat at a step's first sample, else -1 */
     unsigned short n, hn;
     ls_frame frames[LS_DEPTH]; /* innermost first */
     ls_frame held[LS_DEPTH];   /* the holder's stack, when waiting */
@@ -145,6 +146,7 @@ typedef struct {
     int waiting;
     uintptr_t waited_for;       /* the holder when last seen waiting */
     unsigned long waited_switch;   /* the GIL's switch number then */
+    unsigned long long sched_seq;  /* the step whose schedstat was read */
     unsigned long long written;
     unsigned long long dropped;
     ls_sample *ring;
@@ -405,6 +407,25 @@ waits_for_gil(long tid)
            || (uaddr >= mutex && uaddr < mutex + sizeof(sampler.gil->mutex));
 }
 
+/* The thread's time on a CPU and waiting for one, from /proc/self/task/<tid>/schedstat. */
+static int
+read_schedstat(long tid, long long *run_ns, long long *wait_ns)
+{
+    char path[64], text[128];
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/schedstat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t got = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (got <= 0) {
+        return -1;
+    }
+    text[got] = '\0';
+    return sscanf(text, "%lld %lld", run_ns, wait_ns) == 2 ? 0 : -1;
+}
+
 /* The thread state holding the GIL now, if it is not `self`. */
 static uintptr_t
 other_holder(PyThreadState *self)
@@ -462,6 +483,15 @@ look(ls_watched *w, long long now)
     s->waiting = (unsigned char)waiting;
     s->holder = 0;
     s->hn = 0;
+    s->run_ns = s->wait_ns = -1;
+    if (long_step && seq != w->sched_seq) {
+        /* The step's CPU figures from the moment it is seen long (the watchdog may only
+         * read them after it ended). */
+        w->sched_seq = seq;
+        if (read_schedstat(w->tid, &s->run_ns, &s->wait_ns) < 0) {
+            s->run_ns = s->wait_ns = -1;
+        }
+    }
     s->n = (unsigned short)walk((uintptr_t)w->tstate, s->frames, LS_DEPTH);
     if (waiting) {
         unsigned long ident = 0;
@@ -704,8 +734,67 @@ ls_native_ticks(PyObject *module, PyObject *unused)
     return PyLong_FromUnsignedLongLong(sampler.ticks);
 }
 
+/* What take() copies out under the lock, so that it builds Python objects without it: an
+ * allocation may start a garbage collection that frees a StepSlot, whose dealloc takes
+ * the lock (ls_sampler_forget). */
+typedef struct {
+    ls_sample *samples;
+    unsigned long long count, dropped;
+    ls_code *codes;            /* the code entries the samples name */
+    int code_count;
+} ls_taken;
+
+static void
+copy_codes(ls_taken *out, const ls_frame *frames, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uintptr_t addr = frames[i].code;
+        int seen = 0;
+        for (int k = 0; k < out->code_count && !seen; k++) {
+            seen = out->codes[k].code == addr;
+        }
+        size_t slot = (size_t)(addr >> 4) % LS_CODES;
+        for (int probe = 0; probe < 8 && !seen && out->code_count < LS_CODES; probe++) {
+            const ls_code *c = &sampler.codes[(slot + probe) % LS_CODES];
+            if (c->code == addr) {
+                out->codes[out->code_count++] = *c;
+                seen = 1;
+            }
+        }
+    }
+}
+
+/* Under the lock: move the thread's samples and the code entries they name into `out`. */
+static int
+take_locked(unsigned long ident, ls_taken *out)
+{
+    for (int i = 0; i < LS_THREADS; i++) {
+        ls_watched *w = &sampler.watched[i];
+        if (w->owner == NULL || w->ident != ident || w->ring == NULL) {
+            continue;
+        }
+        unsigned long long count = w->written < LS_RING ? w->written : LS_RING;
+        for (unsigned long long k = w->written - count; k < w->written; k++) {
+            const ls_sample *s = &w->ring[k % LS_RING];
+            out->samples[out->count++] = *s;
+            copy_codes(out, s->frames, s->n);
+            copy_codes(out, s->held, s->hn);
+        }
+        out->dropped = w->dropped;
+        w->written = 0;
+        w->dropped = 0;
+        break;
+    }
+    if (sampler.code_count > LS_CODES / 2) {
+        /* What the samples needed is copied: start the table afresh. */
+        memset(sampler.codes, 0, LS_CODES * sizeof(ls_code));
+        sampler.code_count = 0;
+    }
+    return 0;
+}
+
 static PyObject *
-frames_tuple(const ls_frame *frames, int n, PyObject *codes)
+frames_tuple(const ls_frame *frames, int n, const ls_taken *taken, PyObject *codes)
 {
     PyObject *out = PyTuple_New(n);
     for (int i = 0; out != NULL && i < n; i++) {
@@ -727,12 +816,9 @@ frames_tuple(const ls_frame *frames, int n, PyObject *codes)
         }
         /* The code's copied description; a slot reused since gives no description. */
         const ls_code *c = NULL;
-        size_t slot = (size_t)(frames[i].code >> 4) % LS_CODES;
-        for (int probe = 0; probe < 8; probe++) {
-            const ls_code *candidate = &sampler.codes[(slot + probe) % LS_CODES];
-            if (candidate->code == frames[i].code) {
-                c = candidate;
-                break;
+        for (int k = 0; k < taken->code_count && c == NULL; k++) {
+            if (taken->codes[k].code == frames[i].code) {
+                c = &taken->codes[k];
             }
         }
         PyObject *info = c == NULL ? Py_NewRef(Py_None) : Py_BuildValue(
@@ -750,10 +836,36 @@ frames_tuple(const ls_frame *frames, int n, PyObject *codes)
     return out;
 }
 
+static PyObject *
+taken_to_python(const ls_taken *taken)
+{
+    PyObject *samples = PyList_New(0), *codes = PyDict_New();
+    int failed = samples == NULL || codes == NULL;
+    for (unsigned long long k = 0; k < taken->count && !failed; k++) {
+        const ls_sample *s = &taken->samples[k];
+        PyObject *frames = frames_tuple(s->frames, s->n, taken, codes);
+        PyObject *held = frames != NULL ? frames_tuple(s->held, s->hn, taken, codes) : NULL;
+        PyObject *item = held == NULL ? NULL : Py_BuildValue(
+            "(KLiikOOLL)", s->seq, s->t_ns, (int)s->in_step, (int)s->waiting, s->holder,
+            frames, held, s->run_ns, s->wait_ns);
+        failed = item == NULL || PyList_Append(samples, item) < 0;
+        Py_XDECREF(frames);
+        Py_XDECREF(held);
+        Py_XDECREF(item);
+    }
+    if (failed) {
+        Py_XDECREF(samples);
+        Py_XDECREF(codes);
+        return NULL;
+    }
+    return Py_BuildValue("(NNK)", samples, codes, taken->dropped);
+}
+
 /* take(thread_ident) -> (samples, codes, dropped): the samples of that thread since the
  * last take, oldest first, as (seq, t_ns, in_step, waiting, holder_ident, frames,
- * holder_frames), frames innermost first as (code_key, offset); codes maps a code_key to
- * (filename, qualname, firstlineno, linetable) or None. */
+ * holder_frames, run_ns, wait_ns), frames innermost first as (code_key, offset); codes
+ * maps a code_key to (filename, qualname, firstlineno, linetable) or None; run_ns and
+ * wait_ns are the thread's schedstat at a step's first sample, else -1. */
 PyObject *
 ls_native_take(PyObject *module, PyObject *arg)
 {
@@ -761,46 +873,24 @@ ls_native_take(PyObject *module, PyObject *arg)
     if (ident == (unsigned long)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *samples = PyList_New(0), *codes = PyDict_New();
-    if (samples == NULL || codes == NULL || sampler.codes == NULL) {
-        Py_XDECREF(samples);
-        Py_XDECREF(codes);
-        return sampler.codes == NULL && !PyErr_Occurred() ? Py_BuildValue("([]{}i)", 0) : NULL;
+    ls_taken taken = {0};
+    if (sampler.codes == NULL) {
+        return taken_to_python(&taken);
     }
-    unsigned long long dropped = 0;
-    int failed = 0;
+    taken.samples = malloc(LS_RING * sizeof(ls_sample));
+    taken.codes = malloc(LS_CODES * sizeof(ls_code));
+    if (taken.samples == NULL || taken.codes == NULL) {
+        free(taken.samples);
+        free(taken.codes);
+        return PyErr_NoMemory();
+    }
     pthread_mutex_lock(&sampler.lock);
-    for (int i = 0; i < LS_THREADS && !failed; i++) {
-        ls_watched *w = &sampler.watched[i];
-        if (w->owner == NULL || w->ident != ident || w->ring == NULL) {
-            continue;
-        }
-        unsigned long long count = w->written < LS_RING ? w->written : LS_RING;
-        for (unsigned long long k = w->written - count; k < w->written && !failed; k++) {
-            const ls_sample *s = &w->ring[k % LS_RING];
-            PyObject *item = Py_BuildValue(
-                "(KLiikNN)", s->seq, s->t_ns, (int)s->in_step, (int)s->waiting,
-                s->holder, frames_tuple(s->frames, s->n, codes),
-                frames_tuple(s->held, s->hn, codes));
-            failed = item == NULL || PyList_Append(samples, item) < 0;
-            Py_XDECREF(item);
-        }
-        dropped = w->dropped;
-        w->written = 0;
-        w->dropped = 0;
-    }
-    if (!failed && sampler.code_count > LS_CODES / 2) {
-        /* Every sample is taken: no one needs the old descriptions any more. */
-        memset(sampler.codes, 0, LS_CODES * sizeof(ls_code));
-        sampler.code_count = 0;
-    }
+    take_locked(ident, &taken);
     pthread_mutex_unlock(&sampler.lock);
-    if (failed) {
-        Py_DECREF(samples);
-        Py_DECREF(codes);
-        return NULL;
-    }
-    return Py_BuildValue("(NNK)", samples, codes, dropped);
+    PyObject *result = taken_to_python(&taken);
+    free(taken.samples);
+    free(taken.codes);
+    return result;
 }
 
 #endif  /* LS_NATIVE */

@@ -38,6 +38,14 @@
  * - A step keeps its own reference to its slot (the step may uninstall looptrace).
  * - SelectTimer.__wrapped__ reuses StepHook_get_wrapped: both structs start with
  *   PyObject_HEAD, vectorcall, original, in that order (checked by a static assertion).
+ *
+ * The native sampler (_sampler.c, the native_* functions) is compiled into this module
+ * from its own file, the only one built with the interpreter's internal headers. Its
+ * contract with this file: a StepSlot is handed to it when made (ls_sampler_watch, GIL
+ * held, on the slot's own thread) and taken back in the slot's dealloc
+ * (ls_sampler_forget); in between its native thread reads the slot's seq, start_ns and
+ * handle fields without the GIL, never writes them, and never dereferences the handle.
+ * Slots are written here only by their own thread, as before.
  */
 #if defined(Py_GIL_DISABLED)
 #error "looptrace._speedups relies on the GIL (see Contracts above): no free-threaded build"

@@ -20,18 +20,33 @@ def task_group(name: str) -> str:
     one, so such tasks are grouped (by coroutine) under ``Task-*``."""
     return "Task-*" if _DEFAULT_TASK_NAME.match(name) else name
 
-BlockKind = Literal["blocking-call", "slow-step"]
+BlockKind = Literal["blocking-call", "slow-step", "gil-stall"]
 """``blocking-call``: a probe on a known blocking function explains most of the block.
-``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O)."""
+``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O).
+``gil-stall``: the loop thread mostly waited for the GIL held by another thread."""
 
-SiteSource = Literal["probe", "samples", "await-point", "callback", "gc", "cpu", "unknown"]
-"""How a block's site was found, from most to least exact; ``gc``: no site, the block was
-mostly a garbage-collection pause; ``cpu``: no site, the loop thread mostly waited for a
-CPU."""
+SiteSource = Literal["probe", "native-samples", "samples", "late-sample", "gil-holder",
+                     "await-point", "callback", "gc", "cpu", "unknown"]
+"""How a block's site was found, from most to least exact. ``native-samples``: read
+without the GIL by the accelerator's sampler thread, exact inside C code that holds it;
+``samples``: the watchdog's samples; ``late-sample``: the watchdog could sample only
+late (something held the GIL), so the line may be one after the real one;
+``gil-holder``: the line of the thread that held the GIL while the loop waited for it;
+``gc``: no site, the block was mostly a garbage-collection pause; ``cpu``: no site, the
+loop thread mostly waited for a CPU."""
 
-DurationSource = Literal["step-timer", "heartbeat"]
+CallSource = Literal["probe", "python-frame", "call-expression", "resolved"]
+"""How a block's ``call`` was known: ``probe``: a probe timed it; ``python-frame``: the
+Python function the site was running (its module and qualified name); ``call-expression``:
+the source text of the call the site's sampled instruction makes (a C function called
+from the site, e.g. ``sorted``, ``hashlib.pbkdf2_hmac``); ``resolved``: that text resolved
+through the module's globals to the C function it names (``re.Pattern.match``)."""
+
+DurationSource = Literal["step-timer", "heartbeat", "native-sampler"]
 """``step-timer``: measured around the step. ``heartbeat``: the lateness of a timer, on
-loops whose steps cannot be timed (uvloop); a lower bound of the real block."""
+loops whose steps cannot be timed (uvloop); a lower bound of the real block.
+``native-sampler``: a wait for the GIL between two steps, timed by the native sampler's
+looks (within one sample interval)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,16 @@ class Block:
     """Whether the parent span (``trace_id``/``span_id``) was sampled."""
     cpu_wait_ns: int = 0
     """Time the loop thread was ready to run but had no CPU during the block (Linux)."""
+    call_source: CallSource | None = None
+    """How ``call`` was known."""
+    gil_wait_ns: int = 0
+    """Time the loop thread waited for the GIL held by another thread during the block."""
+    gil_holder: str | None = None
+    """The name of the thread that held the GIL the loop waited for."""
+    gil_holder_call: str | None = None
+    """What that thread was calling (same rules as ``call``)."""
+    gil_holder_site: CodeLocation | None = None
+    """Where that thread was (its innermost user frame, else library, else stdlib)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,11 @@ def _call_starts(*prefixes: str) -> Callable[[str, str | None], bool]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(lambda kind, call: kind == "gil-stall",
+         "another thread held the GIL while the loop waited for it: moving GIL-holding work "
+         "(pure Python, or C code that keeps the GIL such as re, json, pickle) to a thread "
+         "does not free the loop; run it in a ProcessPoolExecutor, or use a library that "
+         "releases the GIL"),
     Rule(_call_starts("cpu.run_queue"),
          "the loop thread was ready to run but had no CPU (other processes or threads, or a "
          "container CPU limit): give the service more CPU or move the competing work away"),

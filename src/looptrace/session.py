@@ -94,6 +94,11 @@ class BlockEvent:
     gc_ms: float = 0.0
     trace_sampled: bool = True
     cpu_wait_ms: float = 0.0
+    call_source: str | None = None
+    gil_wait_ms: float = 0.0
+    gil_holder: str | None = None
+    gil_holder_call: str | None = None
+    gil_holder_site: CodeLocation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +354,11 @@ def _read_block(r: _Reader) -> BlockEvent:
         gc_ms=r.get("gc_ms", 0.0).number(),
         trace_sampled=r.get("trace_sampled", True).boolean(),
         cpu_wait_ms=r.get("cpu_wait_ms", 0.0).number(),
+        call_source=r.get("call_source", None).opt_text(),
+        gil_wait_ms=r.get("gil_wait_ms", 0.0).number(),
+        gil_holder=r.get("gil_holder", None).opt_text(),
+        gil_holder_call=r.get("gil_holder_call", None).opt_text(),
+        gil_holder_site=_location(r.get("gil_holder_site", None)),
     )
 
 

@@ -38,6 +38,9 @@ from .blocks import LongStep
 from .frames import CodeMap, absolute, location
 from .gcwatch import GcWatch
 from .heartbeat import Heartbeat
+from .native import NativeSampler
+from .native import unavailable as native_unavailable
+from .nativefeed import NativeFeed
 from .owners import (
     OwnerTable,
     await_point,
@@ -57,6 +60,8 @@ SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
 STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes")
 HEARTBEAT_COVERAGE = ("blocks", "stacks", "probes", "lag")
 HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations")
+NATIVE = ("native-stacks", "gil-stalls")
+"""What the accelerator's native sampler adds to a loop whose steps the C hook times."""
 
 _MIN_PROBE_NS = 20_000
 
@@ -68,6 +73,7 @@ class Tracer:
         self.codemap = CodeMap()
         self.active = False
         self.accelerated = False
+        self.native_reason: str | None = "native sampler: off (not started)"
         self._patches = PatchSet()
         self._attach_lock = threading.RLock()
         self._timers: list[tuple[weakref.ref[Any], Any]] = []
@@ -105,6 +111,9 @@ class Tracer:
         # The C hooks (default and full mode) are installed themselves; the Python ones
         # install a function.
         self.accelerated = method is self.step_hook
+        native = self._native_feed() if self.accelerated else None
+        self.native_reason = None if native is not None else (
+            native_unavailable() or "native sampler: off (no accelerator)")
         self.recorder.on_fault("steps", self._disable_steps)
         self.recorder.on_fault("selector", self._disable_timers)
         self.recorder.on_fault("probes", self._disable_probes)
@@ -121,10 +130,32 @@ class Tracer:
             step_hook=self.step_hook, heartbeats=lambda: list(self._heartbeats),
             on_block=self.recorder.add_block, on_fault=self.recorder.fault,
             housekeeping=self._housekeeping, codemap=self.codemap,
-            threshold_ns=options.threshold_ns, sample_interval_ns=options.sample_interval_ns)
+            threshold_ns=options.threshold_ns, sample_interval_ns=options.sample_interval_ns,
+            native=native)
         self.recorder.on_fault("watchdog", self.watchdog.disable_sampling)
         self.watchdog.start()
         self._attach_running_loops()
+
+    def _native_feed(self) -> NativeFeed | None:
+        if native_unavailable() is not None:
+            return None
+        options = self.options
+        return NativeFeed(NativeSampler(self.codemap), threshold_ns=options.threshold_ns,
+                          interval_ns=max(options.sample_interval_ns, 500_000),
+                          on_block=self.recorder.add_block, loop_of_thread=self._loop_of_thread)
+
+    def _loop_of_thread(self, thread_id: int) -> tuple[int, str] | None:
+        """The loop a thread ran last: (loop id, thread name)."""
+        for record in reversed(self.recorder.loop_records()):
+            if record.thread_id == thread_id:
+                return record.loop_id, record.thread_name
+        return None
+
+    def _native_coverage(self, coverage: tuple[str, ...], missing: tuple[str, ...]
+                         ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if self.native_reason is None:
+            return coverage + NATIVE, missing
+        return coverage, missing + NATIVE
 
     def stop(self) -> None:
         """Undo everything; safe to call after a partial start and more than once."""
@@ -275,7 +306,8 @@ class Tracer:
             if isinstance(loop, base_events.BaseEventLoop) and is_real_selector(selector) \
                     and not self._timers_disabled:  # after a select-timer fault: steps only
                 record = self.recorder.add_loop(
-                    loop, f"selector:{type(selector).__name__}", SELECTOR_COVERAGE, ())
+                    loop, f"selector:{type(selector).__name__}",
+                    *self._native_coverage(SELECTOR_COVERAGE, ()))
                 ring = options.buffer_size if options.mode == "full" else 0
                 assert selector is not None
                 method, timer = make_select_timer(
@@ -285,12 +317,13 @@ class Tracer:
                 record.timer = timer
                 self._timers.append((weakref.ref(selector), method))
             elif isinstance(loop, base_events.BaseEventLoop):
-                record = self.recorder.add_loop(loop, type(loop).__name__, STEPS_COVERAGE,
-                                                ("select-waits",))
+                record = self.recorder.add_loop(
+                    loop, type(loop).__name__,
+                    *self._native_coverage(STEPS_COVERAGE, ("select-waits",)))
             else:
                 record = self.recorder.add_loop(
                     loop, f"{type(loop).__module__}.{type(loop).__qualname__}",
-                    HEARTBEAT_COVERAGE, HEARTBEAT_MISSING)
+                    HEARTBEAT_COVERAGE, HEARTBEAT_MISSING + NATIVE)
                 interval = min(max(options.threshold_ns // 4, 1_000_000), 50_000_000)
                 heartbeat = Heartbeat(loop, record.loop_id, interval, options.threshold_ns,
                                       self._on_late_beat,

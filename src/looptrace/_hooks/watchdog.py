@@ -6,6 +6,12 @@ ends; the step timer then gives the exact duration and the samples give the line
 nothing is long it sleeps for a quarter of the threshold, so an idle or healthy program
 pays a few wake-ups per second. It also finalises the blocks that loop threads hand it,
 patches probes for modules imported since, and forgets threads that ended.
+
+With the accelerator's native sampler (3.11-3.13), the loop threads whose steps the C
+hook times are sampled by that sampler instead, without the GIL: this thread then only
+collects its samples (``nativefeed``). A sample this thread takes itself is late when C
+code held the GIL: a step whose first sample came well after it was due says so
+(``site_source`` ``late-sample``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from looptrace._clock import now_ns
@@ -21,6 +28,8 @@ from looptrace._clock import now_ns
 from . import context, schedstat
 from .blocks import LongStep, StepSamples, build_block
 from .frames import CodeMap, locate
+from .native import NativeSample
+from .nativefeed import NativeFeed, SampleKey
 from .owners import coroutine_name
 from .threadframes import current_frames
 
@@ -34,7 +43,7 @@ class Watchdog:
     def __init__(self, *, step_hook: Any, heartbeats: Callable[[], list[Any]],
                  on_block: Callable[[Any], None], on_fault: Callable[[str, BaseException], None],
                  housekeeping: Callable[[], None], codemap: CodeMap, threshold_ns: int,
-                 sample_interval_ns: int) -> None:
+                 sample_interval_ns: int, native: NativeFeed | None = None) -> None:
         self._step_hook = step_hook
         self._heartbeats = heartbeats
         self._on_block = on_block
@@ -44,6 +53,10 @@ class Watchdog:
         self._arm_ns = max(threshold_ns // 4, 1)
         self._poll_ns = min(max(threshold_ns // 4, _MIN_POLL_NS), _MAX_POLL_NS)
         self._sample_ns = max(sample_interval_ns, _MIN_WAIT_NS)
+        # A first sample this much after it was due was held off (by the GIL or the CPU).
+        self._late_ns = self._arm_ns + max(threshold_ns // 4, 4 * self._sample_ns)
+        self._native = native
+        self._late: set[SampleKey] = set()
         self._samples: dict[tuple[object, int], StepSamples] = {}
         self._pending: deque[LongStep] = deque()
         self._finalize_lock = threading.Lock()
@@ -55,16 +68,27 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="looptrace-watchdog", daemon=True)
 
     def start(self) -> None:
+        if self._native is not None and not self._native.sampler.start(
+                self._poll_ns, self._arm_ns, self._sample_ns):
+            self._native = None
         self._thread.start()
+
+    @property
+    def native_running(self) -> bool:
+        return self._native is not None and self._native.sampler.running
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
+        if self._native is not None:
+            self._native.sampler.stop()
         self.finalize_pending()
 
     def disable_sampling(self) -> None:
         self._sampling = False
+        if self._native is not None:
+            self._native.sampler.stop()
 
     def submit(self, step: LongStep) -> None:
         """Called on the loop thread when a long step ended; cheap and lock-free.
@@ -80,17 +104,51 @@ class Watchdog:
     def finalize_pending(self) -> None:
         """Turn every submitted long step into a block (also called by snapshots)."""
         with self._finalize_lock:
-            while self._pending:
+            # Only steps submitted before the native samples are drained: a later one's
+            # samples come with the next drain.
+            ready = len(self._pending)
+            self._drain_native()
+            for _ in range(ready):
                 step = self._pending.popleft()
                 samples = self._samples.pop(step.sample_key, None)
                 if samples is not None:
                     self.dropped_sample_sites += samples.overflow
                 try:
-                    block = build_block(step, samples)
+                    block = self._finish(step.sample_key, build_block(step, samples))
                 except Exception as exc:  # counted; the next block gets its chance
                     self._on_fault("watchdog", exc)
                     continue
                 self._on_block(block)
+
+    def _finish(self, key: SampleKey, block: Any) -> Any:
+        late = key in self._late
+        self._late.discard(key)
+        if self._native is not None:
+            block = self._native.finish(key, block)
+        if block.call_source is None and block.call is not None:
+            if block.kind == "blocking-call":
+                block = replace(block, call_source="probe")
+            elif block.site_source == "samples":
+                block = replace(block, call_source="python-frame")
+        if late and block.site_source == "samples":
+            block = replace(block, site_source="late-sample")
+        return block
+
+    def _drain_native(self) -> None:
+        if self._native is None:
+            return
+        threads = {slot.thread_id: (slot.seq, slot.handle) for slot in self._step_hook.slots()}
+        self._native.drain(threads, self._add_native)
+
+    def _add_native(self, key: SampleKey, thread_id: int, sample: NativeSample,
+                    handle: Any) -> None:
+        """A native sample of a step; the task and span are read now if it still runs."""
+        task, coroutine, span = self._context(handle, None)
+        located = sample.loop
+        self._record(key, thread_id, located.site, located.call, located.stack, task,
+                     coroutine, span)
+        if sample.sched is not None:
+            self._samples[key].sched = (sample.t_ns, *sample.sched)
 
     # -- the thread
 
@@ -126,38 +184,57 @@ class Watchdog:
         # Steps that ended were submitted before the next one started: finalise them, then
         # forget the samples of steps that ended short.
         self.finalize_pending()
-        for key in list(self._samples):
-            owner, seq = key
-            if seq < current.get(owner, seq + 1):
-                del self._samples[key]
+        stale = {key for key in self._samples if key[1] < current.get(key[0], key[1] + 1)}
+        for key in stale:
+            del self._samples[key]
+            self._late.discard(key)
+        if self._native is not None:
+            self._native.forget(stale)
 
-        wait = self._poll_ns
-        if self._sampling:
-            frames: dict[int, Any] | None = None
-            for key, thread_id, start, handle, loop in running:
-                elapsed = now - start
-                if elapsed < self._arm_ns:
-                    wait = min(wait, self._arm_ns - elapsed)
-                    continue
-                if frames is None:
-                    frames = current_frames()
-                self._sample(key, thread_id, frames.get(thread_id), handle, loop)
-                wait = min(wait, self._sample_ns)
-            del frames
+        wait = self._sample_running(running, now) if self._sampling else self._poll_ns
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + _HOUSEKEEPING_NS
             self._housekeeping()
         return max(wait, _MIN_WAIT_NS)
 
+    def _sample_running(self, running: list[tuple[tuple[object, int], int, int, Any, Any]],
+                        now: int) -> int:
+        """Sample the steps that run long; returns how long to wait before the next tick."""
+        wait = self._poll_ns
+        frames: dict[int, Any] | None = None
+        native = self.native_running
+        for key, thread_id, start, handle, loop in running:
+            elapsed = now - start
+            if native and handle is not None:
+                continue  # a timed step: the native sampler samples it
+            if elapsed < self._arm_ns:
+                wait = min(wait, self._arm_ns - elapsed)
+                continue
+            if frames is None:
+                frames = current_frames()
+            if key not in self._samples and elapsed >= self._late_ns:
+                self._late.add(key)
+            self._sample(key, thread_id, frames.get(thread_id), handle, loop)
+            wait = min(wait, self._sample_ns)
+        del frames
+        return wait
+
     def sampled(self, key: tuple[object, int]) -> bool:
-        """Whether the step ``key`` was sampled (so far)."""
-        return key in self._samples
+        """Whether the step ``key`` was sampled (so far). The native sampler samples every
+        long step it times; its samples may not be collected yet."""
+        return key in self._samples or (self.native_running and isinstance(key[0], int))
 
     def _sample(self, key: tuple[object, int], thread_id: int, frame: Any, handle: Any,
                 loop: Any) -> None:
         if frame is None:
             return
         site, callee, stack = locate(frame, self._codemap)
+        task, coroutine, span = self._context(handle, loop)
+        self._record(key, thread_id, site, callee, stack, task, coroutine, span)
+
+    def _context(self, handle: Any, loop: Any) -> tuple[Any, str | None,
+                                                         tuple[int, int, bool] | None]:
+        """The task current on a blocked loop, its coroutine and the running span."""
         if loop is None and handle is not None:
             loop = getattr(handle, "_loop", None)
         task = None
@@ -170,11 +247,15 @@ class Watchdog:
         if ctx is None and task is not None:
             ctx = getattr(task, "_context", None)
         span = context.span_ids(ctx) if ctx is not None else None
+        return task, coroutine_name(task) if task is not None else None, span
+
+    def _record(self, key: tuple[object, int], thread_id: int, site: Any, callee: str | None,
+                stack: Any, task: Any, coroutine: str | None,
+                span: tuple[int, int, bool] | None) -> None:
         samples = self._samples.get(key)
         if samples is None:
             samples = self._samples[key] = StepSamples()
             reading = schedstat.of_thread(thread_id)
             if reading is not None:
                 samples.sched = (now_ns(), *reading)
-        samples.add(site, callee, stack, task,
-                    coroutine_name(task) if task is not None else None, span)
+        samples.add(site, callee, stack, task, coroutine, span)
