@@ -622,7 +622,17 @@ ls_sampler_watch(void *owner, unsigned long ident, const unsigned long long *seq
         return;
     }
     pthread_mutex_lock(&sampler.lock);
-    for (int i = 0; i < LS_THREADS; i++) {
+    /* A thread has one current slot, the newest hook's: a slot of an uninstalled hook
+     * that is not freed yet no longer counts. */
+    int at = -1;
+    for (int i = 0; i < LS_THREADS && at < 0; i++) {
+        if (sampler.watched[i].owner != NULL && sampler.watched[i].ident == ident) {
+            free(sampler.watched[i].ring);
+            memset(&sampler.watched[i], 0, sizeof(ls_watched));
+            at = i;
+        }
+    }
+    for (int i = at >= 0 ? at : 0; i < LS_THREADS; i++) {
         ls_watched *w = &sampler.watched[i];
         if (w->owner == NULL) {
             *w = (ls_watched){

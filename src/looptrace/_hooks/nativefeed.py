@@ -52,11 +52,29 @@ class GilWait:
         return ident, self.held.get(ident)
 
 
-def thread_name(ident: int) -> str:
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return thread.name
-    return f"thread {ident}"
+class ThreadNames:
+    """Thread idents to names, noted while the threads live: a holder may end before its
+    stall is collected (the collecting thread cannot run while the holder has the GIL)."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, str] = {}
+        self._count = -1
+
+    def refresh(self, force: bool = False) -> None:
+        count = threading.active_count()
+        if count == self._count and not force:
+            return
+        self._count = count
+        if len(self._names) > 1024:
+            self._names.clear()
+        for thread in threading.enumerate():
+            if thread.ident is not None:
+                self._names[thread.ident] = thread.name
+
+    def __call__(self, ident: int) -> str:
+        if ident not in self._names:
+            self.refresh(force=True)
+        return self._names.get(ident, f"thread {ident}")
 
 
 class NativeFeed:
@@ -72,10 +90,12 @@ class NativeFeed:
                                             CallSource | None]] = {}
         self._gil: dict[SampleKey, GilWait] = {}
         self._between: dict[int, GilWait] = {}
+        self._names = ThreadNames()
 
     def drain(self, threads: dict[int, tuple[int, Any]], add: AddSample) -> None:
         """Take every watched thread's samples; ``threads`` maps a thread ident to the
         seq and handle of its running step (handle None between steps)."""
+        self._names.refresh()
         for thread_id, (seq, handle) in threads.items():
             for sample in self.sampler.take(thread_id):
                 if sample.in_step:
@@ -126,7 +146,7 @@ class NativeFeed:
             stack=held.stack if held is not None else (), task=None, coroutine=None,
             callback=None, samples=wait.waiting, trace_id=None, span_id=None,
             call_source=held.call_source if held is not None else None,
-            gil_wait_ns=duration, gil_holder=thread_name(ident), gil_holder_call=call,
+            gil_wait_ns=duration, gil_holder=self._names(ident), gil_holder_call=call,
             gil_holder_site=site))
 
     def finish(self, key: SampleKey, block: Block) -> Block:
@@ -143,7 +163,7 @@ class NativeFeed:
             ident, held = gil.holder()
             changes.update(
                 gil_wait_ns=block.duration_ns * gil.waiting // gil.looks,
-                gil_holder=thread_name(ident),
+                gil_holder=self._names(ident),
                 gil_holder_call=held.call if held is not None else None,
                 gil_holder_site=held.site if held is not None else None)
             if gil.waiting * 2 >= gil.looks:
