@@ -58,13 +58,13 @@ class ThreadNames:
 
     def __init__(self) -> None:
         self._names: dict[int, str] = {}
-        self._count = -1
+        self._threads_seen = -1
 
     def refresh(self, force: bool = False) -> None:
         count = threading.active_count()
-        if count == self._count and not force:
+        if count == self._threads_seen and not force:
             return
-        self._count = count
+        self._threads_seen = count
         if len(self._names) > 1024:
             self._names.clear()
         for thread in threading.enumerate():
