@@ -137,8 +137,12 @@ class Watchdog:
     def _drain_native(self) -> None:
         if self._native is None:
             return
-        threads = {slot.thread_id: (slot.seq, slot.handle) for slot in self._step_hook.slots()}
-        self._native.drain(threads, self._add_native)
+        try:
+            threads = {slot.thread_id: (slot.seq, slot.handle)
+                       for slot in self._step_hook.slots()}
+            self._native.drain(threads, self._add_native)
+        except Exception as exc:  # counted; the blocks are built from what there is
+            self._on_fault("watchdog", exc)
 
     def _add_native(self, key: SampleKey, thread_id: int, sample: NativeSample,
                     handle: Any) -> None:
