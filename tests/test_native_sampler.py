@@ -176,8 +176,9 @@ def test_a_worker_holding_the_gil_makes_a_gil_stall() -> None:
     """to_thread(re.match) with a backtracking pattern stalls the loop: a gil-stall block
     names the worker, its call, and the advice says a thread does not help."""
     session = record(match_in_a_worker)
-    stalls = [b for b in session.blocks or () if b.kind == "gil-stall"]
-    assert stalls, [(b.kind, b.call, b.site) for b in session.blocks or ()]
+    stalls = [b for b in session.blocks or () if b.kind == "gil-stall"
+              and b.gil_holder_call == "re.match"]
+    assert stalls, [(b.kind, b.call, b.site, b.gil_holder) for b in session.blocks or ()]
     stall = max(stalls, key=lambda b: b.duration_ms)
     assert stall.gil_holder is not None and stall.gil_holder.startswith("asyncio_")
     assert stall.gil_holder_call == "re.match"

@@ -130,6 +130,7 @@ typedef struct {
     unsigned char waiting;     /* the thread waited for the GIL */
     unsigned long holder;      /* the GIL holder's thread ident, 0 if unknown */
     long long run_ns, wait_ns; /* schedstat at a step's first sample, else -1 */
+    long long held_run_ns;     /* the holder's time on a CPU so far, else -1 */
     unsigned short n, hn;
     ls_frame frames[LS_DEPTH]; /* innermost first */
     ls_frame held[LS_DEPTH];   /* the holder's stack, when waiting */
@@ -493,10 +494,19 @@ look(ls_watched *w, long long now)
         }
     }
     s->n = (unsigned short)walk((uintptr_t)w->tstate, s->frames, LS_DEPTH);
+    s->held_run_ns = -1;
     if (waiting) {
-        unsigned long ident = 0;
+        unsigned long ident = 0, holder_tid = 0;
+        long long unused;
         if (read_ptr(holder + offsetof(PyThreadState, thread_id), (uintptr_t *)&ident) == 0) {
             s->holder = ident;
+        }
+        /* Whether the holder works or is itself starved of CPU (a loaded machine that
+         * preempts whichever thread holds the GIL). */
+        if (read_ptr(holder + offsetof(PyThreadState, native_thread_id),
+                     (uintptr_t *)&holder_tid) == 0 && holder_tid != 0
+            && read_schedstat((long)holder_tid, &s->held_run_ns, &unused) < 0) {
+            s->held_run_ns = -1;
         }
         s->hn = (unsigned short)walk(holder, s->held, LS_DEPTH);
     }
@@ -856,8 +866,8 @@ taken_to_python(const ls_taken *taken)
         PyObject *frames = frames_tuple(s->frames, s->n, taken, codes);
         PyObject *held = frames != NULL ? frames_tuple(s->held, s->hn, taken, codes) : NULL;
         PyObject *item = held == NULL ? NULL : Py_BuildValue(
-            "(KLiikOOLL)", s->seq, s->t_ns, (int)s->in_step, (int)s->waiting, s->holder,
-            frames, held, s->run_ns, s->wait_ns);
+            "(KLiikOOLLL)", s->seq, s->t_ns, (int)s->in_step, (int)s->waiting, s->holder,
+            frames, held, s->run_ns, s->wait_ns, s->held_run_ns);
         failed = item == NULL || PyList_Append(samples, item) < 0;
         Py_XDECREF(frames);
         Py_XDECREF(held);
@@ -873,9 +883,10 @@ taken_to_python(const ls_taken *taken)
 
 /* take(thread_ident) -> (samples, codes, dropped): the samples of that thread since the
  * last take, oldest first, as (seq, t_ns, in_step, waiting, holder_ident, frames,
- * holder_frames, run_ns, wait_ns), frames innermost first as (code_key, offset); codes
+ * holder_frames, run_ns, wait_ns, holder_run_ns), frames innermost first as (code_key, offset); codes
  * maps a code_key to (filename, qualname, firstlineno, linetable) or None; run_ns and
- * wait_ns are the thread's schedstat at a step's first sample, else -1. */
+ * wait_ns are the thread's schedstat at a step's first sample, else -1; holder_run_ns
+ * the GIL holder's time on a CPU so far, else -1. */
 PyObject *
 ls_native_take(PyObject *module, PyObject *arg)
 {

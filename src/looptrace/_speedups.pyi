@@ -93,7 +93,7 @@ class SelectTimer:
 # The native sampler (_sampler.c): a thread that reads loop threads' frames and the GIL's
 # holder without the GIL. See looptrace/_hooks/native.py.
 _NativeFrames = tuple[tuple[int, int], ...]
-_NativeSample = tuple[int, int, int, int, int, _NativeFrames, _NativeFrames, int, int]
+_NativeSample = tuple[int, int, int, int, int, _NativeFrames, _NativeFrames, int, int, int]
 _NativeCode = tuple[str, str, int, bytes] | None
 
 def native_status() -> str | None: ...

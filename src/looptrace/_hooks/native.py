@@ -122,6 +122,8 @@ class NativeSample:
     """The GIL holder's stack while ``waiting``."""
     sched: tuple[int, int] | None
     """(ns on a CPU, ns waiting for one) of the loop thread, at a step's first sample."""
+    held_cpu_ns: int | None
+    """The GIL holder's time on a CPU so far (Linux), while ``waiting``."""
 
 
 class Resolver:
@@ -291,10 +293,12 @@ class NativeSampler:
         raw, codes, dropped = self._speedups.native_take(thread_id)
         self.dropped += dropped
         out = []
-        for seq, t_ns, in_step, waiting, holder, frames, held, run_ns, wait_ns in raw:
+        for (seq, t_ns, in_step, waiting, holder, frames, held, run_ns, wait_ns,
+             held_run_ns) in raw:
             out.append(NativeSample(
                 seq=seq, t_ns=t_ns, in_step=bool(in_step), waiting=bool(waiting),
                 holder=holder, loop=self._resolver.locate(frames, codes),
                 held=self._resolver.locate(held, codes) if waiting else None,
-                sched=(run_ns, wait_ns) if run_ns >= 0 else None))
+                sched=(run_ns, wait_ns) if run_ns >= 0 else None,
+                held_cpu_ns=held_run_ns if held_run_ns >= 0 else None))
         return out

@@ -37,6 +37,8 @@ class GilWait:
     last_ns: int = 0
     holders: Counter[int] = field(default_factory=Counter)
     held: dict[int, Located] = field(default_factory=dict)
+    held_cpu: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per holder: its CPU time at the first and the last look."""
 
     def add(self, sample: NativeSample) -> None:
         if not self.waiting:
@@ -46,6 +48,14 @@ class GilWait:
         self.holders[sample.holder] += 1
         if sample.held is not None and sample.held.site is not None:
             self.held[sample.holder] = sample.held
+        if sample.held_cpu_ns is not None:
+            first = self.held_cpu.get(sample.holder, (sample.held_cpu_ns, 0))[0]
+            self.held_cpu[sample.holder] = (first, sample.held_cpu_ns)
+
+    def holder_worked_ns(self, ident: int) -> int | None:
+        """How long the holder ran on a CPU between the first and the last look."""
+        cpu = self.held_cpu.get(ident)
+        return cpu[1] - cpu[0] if cpu is not None else None
 
     def holder(self) -> tuple[int, Located | None]:
         ident = self.holders.most_common(1)[0][0]
@@ -136,6 +146,11 @@ class NativeFeed:
         if duration < self._threshold_ns or loop is None:
             return
         ident, held = wait.holder()
+        worked = wait.holder_worked_ns(ident)
+        if worked is not None and wait.waiting > 1 and worked * 2 < self._threshold_ns:
+            # The holder hardly ran: it was preempted with the GIL (a machine out of CPU),
+            # its work did not hold the loop. Not a GIL stall of that thread's making.
+            return
         site = held.site if held is not None else None
         call = held.call if held is not None else None
         self._on_block(Block(
@@ -166,7 +181,9 @@ class NativeFeed:
                 gil_holder=self._names(ident),
                 gil_holder_call=held.call if held is not None else None,
                 gil_holder_site=held.site if held is not None else None)
-            if gil.waiting * 2 >= gil.looks:
+            worked = gil.holder_worked_ns(ident)
+            if gil.waiting * 2 >= gil.looks and (
+                    worked is None or gil.waiting == 1 or worked * 2 >= self._threshold_ns):
                 # Mostly waiting for the GIL (a probed Event.wait in Thread.start, say): the
                 # holder's call is the headline, the loop's own line stays the site.
                 changes.update(kind="gil-stall", call=changes["gil_holder_call"],
