@@ -186,14 +186,14 @@ def test_a_program_that_handles_sigterm_keeps_its_handler(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("args", [
-    ["run", "missing-script.py"],
     ["run", "--threshold-ms", "soon", "x.py"],
     ["run", "--threshold-ms", "-5", "x.py"],
     ["run", "--threshold-ms", "nan", "x.py"],
     ["run", "--frobnicate", "x.py"],
     ["run", "--json", "/nonexistent-dir/r.json", "x.py"],
     ["run", "--json", "/", "x.py"],
-    ["run", "-m", "no_such_module_here"],
+    ["run", "-m"],
+    ["run", "--json", "r.json"],
     ["run"],
     ["run", "--otlp", "ftp://collector", "x.py"],
     ["run", "--mode", "loud", "x.py"],

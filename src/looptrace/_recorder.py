@@ -25,6 +25,7 @@ from ._hooks.heartbeat import Heartbeat
 from ._hooks.owners import OwnerTable
 from ._hooks.selector import SelectTimer
 from ._hooks.steps import Slot
+from ._text import printable_argv
 from .events import (
     Block,
     LoopFigures,
@@ -386,7 +387,8 @@ class Recorder:
         return Recording(
             threshold_ns=self.options.threshold_ns, mode=self.options.mode,
             started_ns=self.started_ns, now_ns=now_ns(), epoch_offset_ns=self.epoch_offset_ns,
-            argv=tuple(sys.argv), pid=os.getpid(), loops=loops, sites=sites, blocks=blocks,
+            argv=printable_argv(getattr(sys, "argv", None)), pid=os.getpid(), loops=loops,
+            sites=sites, blocks=blocks,
             tasks=tuple(tasks), owners=owner_rows,
             dropped=tuple(sorted((k, v) for k, v in dropped.items() if v)),
             faults=faults, accelerated=accelerated, probes=probes,

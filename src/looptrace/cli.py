@@ -2,12 +2,14 @@
 
     looptrace run [options] script.py [args...]     run a program under looptrace
     looptrace run [options] -m module [args...]     the same for ``python -m module``
+    looptrace run [options] -c code [args...]       ... for ``python -c``, and ``-`` for stdin
     looptrace report FILE [--format F] [-o OUT]     render a saved JSON report
 
-The program runs as it would under ``python``: its ``sys.argv``, ``sys.path[0]``,
-``__main__``, standard streams and exit status are its own. The summary goes to stderr
-at exit, and report files are written even when the program raises. Bad input gets one
-line on stderr and exit status 2.
+looptrace's own options come before the program; everything from the program on is the
+program's (as with ``python -m cProfile``). The program runs as it would under ``python``
+(see ``_runner``). The summary goes to stderr at exit, and report files are written even
+when the program raises. Bad looptrace options get one line on stderr and exit status 2;
+a program that cannot start gets python's own line and status.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import math
 import os
-import runpy
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, NoReturn
 
+from . import _runner
+from ._runner import Program
 from ._version import __version__
 from .session import ReportError, Session
 
@@ -93,7 +94,12 @@ def build_parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a Python program under looptrace",
-                              usage="looptrace run [options] (script.py | -m module) [args...]")
+                              usage="looptrace run [options] (script.py | -m module | "
+                                    "-c code | -) [args...]",
+                              description="Everything from the program on (the script, "
+                                          "-m module, -c code or -) is the program's, as "
+                                          "with python.",
+                              allow_abbrev=False)
     run.add_argument("--threshold-ms", type=_threshold, metavar="N",
                      help="a step this long or longer is a block (default 100)")
     run.add_argument("--mode", choices=("default", "full"),
@@ -110,8 +116,6 @@ def build_parser() -> _Parser:
                      help="export blocks as OpenTelemetry spans over OTLP/HTTP "
                           "(default endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)")
     run.add_argument("--quiet", action="store_true", help="no summary on stderr")
-    run.add_argument("-m", dest="module", metavar="module", help="run a module as a script")
-    run.add_argument("program", nargs=argparse.REMAINDER, metavar="script.py [args...]")
 
     report = commands.add_parser("report", help="render a saved JSON report",
                                  usage="looptrace report FILE [--format F] [-o OUT]")
@@ -122,38 +126,62 @@ def build_parser() -> _Parser:
     return parser
 
 
-_VALUE_OPTIONS = {"--threshold-ms", "--mode", "--json", "--html", "--chrome-trace",
-                  "--jaeger-json", "--format", "-o", "--output"}
+def _takes_value(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """Each option string of ``parser``: whether it takes a value (``--otlp``'s is
+    optional and handled apart)."""
+    return {option: action.nargs != 0 for action in parser._actions
+            for option in action.option_strings}
 
 
-def _split_otlp(argv: list[str]) -> list[str]:
-    """``--otlp`` takes an optional endpoint; a bare ``--otlp`` before the script must not
-    swallow the script's name. Everything from the program on is left alone."""
-    out: list[str] = []
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            run: argparse.ArgumentParser = action.choices["run"]
+            return run
+    raise AssertionError("no run command")
+
+
+def split_run(args: Sequence[str], takes_value: dict[str, bool]) -> tuple[list[str],
+                                                                          Program | None]:
+    """``looptrace run``'s own options, and the program: as ``python`` and
+    ``python -m cProfile`` do, looptrace's options end at the script, ``-m module``,
+    ``-c code``, ``-`` or ``--``; everything after belongs to the program, untouched."""
+    own: list[str] = []
     index = 0
-    if argv and argv[0] in ("run", "report"):
-        out.append(argv[0])
-        index = 1
-    while index < len(argv):
-        token = argv[index]
-        if token in _VALUE_OPTIONS or token == "-m":
-            out.extend(argv[index:index + 2])
-            index += 2
-            if token == "-m":
-                break
-            continue
+    while index < len(args):
+        token = args[index]
+        rest = tuple(args[index + 2:])
+        if token == "--":
+            return own, (Program("script", args[index + 1], rest)
+                         if index + 1 < len(args) else None)
+        if token == "-":
+            return own, Program("stdin", "-", tuple(args[index + 1:]))
+        for flag, kind in (("-m", "module"), ("-c", "code")):
+            if token == flag:
+                if index + 1 >= len(args):
+                    raise UsageError(f"argument {flag}: expected one argument")
+                return own, Program(kind, args[index + 1], rest)  # type: ignore[arg-type]
+            if token.startswith(flag) and not token.startswith("--"):
+                return own, Program(kind, token[2:], tuple(args[index + 1:]))  # type: ignore[arg-type]
+        if not token.startswith("-"):
+            return own, Program("script", token, tuple(args[index + 1:]))
         if token == "--otlp":
-            following = argv[index + 1] if index + 1 < len(argv) else ""
-            out.append(token if following.startswith(("http://", "https://")) else "--otlp=true")
-            index += 1
+            # An optional endpoint: taken only when it looks like a URL (then checked), so a
+            # bare ``--otlp`` before the script never swallows the script's name.
+            following = args[index + 1] if index + 1 < len(args) else ""
+            if "://" in following:
+                own.extend((token, following))
+                index += 2
+            else:
+                own.append("--otlp=true")
+                index += 1
             continue
-        if token.startswith("-") and token != "-":
-            out.append(token)
+        own.append(token)
+        if takes_value.get(token, False) and index + 1 < len(args):
+            own.append(args[index + 1])
             index += 1
-            continue
-        break
-    out.extend(argv[index:])
-    return out
+        index += 1
+    return own, None
 
 
 def render(session: Session, fmt: str) -> str:
@@ -186,45 +214,6 @@ def _write_outputs(session: Session, ns: argparse.Namespace) -> None:
                 print(f"looptrace: could not write {path}: {exc}", file=sys.stderr)
 
 
-def _trimmed(tb: TracebackType | None) -> TracebackType | None:
-    """Drop looptrace's and runpy's frames from the head of the program's traceback."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    while tb is not None:
-        raw = tb.tb_frame.f_code.co_filename
-        filename = os.path.abspath(raw)
-        if filename.startswith(here + os.sep) or raw == "<frozen runpy>" \
-                or os.path.basename(filename) == "runpy.py":
-            tb = tb.tb_next
-        else:
-            break
-    return tb
-
-
-def _prepare_program(ns: argparse.Namespace) -> tuple[str, str]:
-    """Check the program exists and set sys.argv/sys.path[0] as python would."""
-    if ns.module:
-        try:
-            spec = importlib.util.find_spec(ns.module)
-        except (ImportError, ValueError) as exc:
-            raise UsageError(f"cannot run module {ns.module!r}: {exc}") from None
-        if spec is None:
-            raise UsageError(f"no module named {ns.module!r}")
-        sys.argv = [ns.module, *ns.program]
-        sys.path[0] = os.getcwd()
-        return "module", ns.module
-    if not ns.program:
-        raise UsageError("nothing to run: give a script or -m module "
-                         "(see 'looptrace run --help')")
-    script, *args = ns.program
-    if not os.path.exists(script):
-        raise UsageError(f"can't open file {script!r}: no such file")
-    if os.path.isdir(script) and not os.path.exists(os.path.join(script, "__main__.py")):
-        raise UsageError(f"can't find '__main__' module in {script!r}")
-    sys.argv = [script, *args]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
-    return "path", script
-
-
 def _options(ns: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if ns.threshold_ms is not None:
@@ -250,7 +239,13 @@ def _finisher(ns: argparse.Namespace) -> Callable[[], None]:
         if done:
             return
         done = True
-        session = looptrace.uninstall()
+        try:
+            session = looptrace.uninstall()
+        except Exception as exc:  # a bug of ours must not become the program's traceback
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"looptrace: no report: {type(exc).__name__}: "
+                                 f"{_one_line(str(exc))}\n")
+            return
         if session is None:
             return
         _write_outputs(session, ns)
@@ -291,6 +286,9 @@ def _report_on_sigterm(finish: Callable[[], None]) -> Callable[[], None]:
 def _die_of_sigint() -> int:
     """Exit as Python does after an uncaught KeyboardInterrupt: killed by SIGINT (status
     130 in a shell), so the caller sees an interrupt, not an error."""
+    for stream in (sys.stdout, sys.stderr):  # as python's finalisation does, first
+        with contextlib.suppress(Exception):
+            stream.flush()
     if hasattr(signal, "SIGINT") and hasattr(os, "kill"):
         with contextlib.suppress(OSError, ValueError):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -302,8 +300,15 @@ def run_command(ns: argparse.Namespace) -> int:
     import looptrace
     from looptrace._hooks.frames import treat_as_looptrace
 
+    if ns.program is None:
+        raise UsageError("nothing to run: give a script, -m module, -c code or - "
+                         "(see 'looptrace run --help')")
     treat_as_looptrace(sys.argv[0])  # the launcher, before the program's argv replaces it
-    kind, target = _prepare_program(ns)
+    try:
+        run = _runner.prepare(ns.program)
+    except _runner.ProgramNotFound as exc:  # python's own line and status
+        print(str(exc), file=sys.stderr)
+        return exc.status
     try:
         looptrace.install(**_options(ns))
     except (TypeError, ValueError) as exc:
@@ -311,30 +316,16 @@ def run_command(ns: argparse.Namespace) -> int:
 
     finish = _finisher(ns)
     restore_sigterm = _report_on_sigterm(finish)
-    exit_request: SystemExit | None = None
-    interrupted = False
-    status = 0
     try:
-        if kind == "module":
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(target, run_name="__main__")
-    except SystemExit as exc:
-        exit_request = exc
-    except BaseException as exc:
-        # The traceback as python prints it: from the program's first frame on.
-        trimmed = _trimmed(exc.__traceback__)
-        sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        status = 1
+        ending = _runner.execute(run)
     finally:
         restore_sigterm()
         finish()
-    if exit_request is not None:
-        raise exit_request
-    if interrupted:
+    if ending.exit_request is not None:
+        raise ending.exit_request
+    if ending.interrupted:
         return _die_of_sigint()
-    return status
+    return ending.status
 
 
 def report_command(ns: argparse.Namespace) -> int:
@@ -367,7 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        ns = parser.parse_args(_split_otlp(args))
+        if args and args[0] == "run":
+            own, program = split_run(args[1:], _takes_value(_run_parser(parser)))
+            ns = parser.parse_args(["run", *own])
+            ns.program = program
+        else:
+            ns = parser.parse_args(args)
         if ns.command == "run":
             return run_command(ns)
         if ns.command == "report":

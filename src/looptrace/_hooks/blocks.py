@@ -24,6 +24,8 @@ from looptrace.events import (
     SiteSource,
 )
 
+from .owners import task_name
+
 _MAX_SITES_PER_STEP = 64
 CPU_STARVED = "cpu.run_queue"
 """The call named for a block spent mostly waiting for a CPU."""
@@ -80,7 +82,7 @@ class SampledTask:
         task = self.ref() if self.ref is not None else None
         if task is not None:
             try:
-                return str(task.get_name())
+                return task_name(task)
             except Exception:  # a task subclass may misbehave; the sampled name stands
                 return self.name
         return self.name
@@ -125,7 +127,7 @@ class StepSamples:
                     ref: weakref.ref[Any] | None = weakref.ref(task)
                 except TypeError:
                     ref = None
-                self.tasks[task_id] = SampledTask(ref, str(task.get_name()), coroutine)
+                self.tasks[task_id] = SampledTask(ref, task_name(task), coroutine)
             entry.tasks[task_id] += 1
         if span is not None:
             entry.spans[span] += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import CoroutineType, FrameType, GeneratorType
 from typing import Any
 
+from looptrace._text import printable
 from looptrace.events import task_group
 
 from .frames import USER, CodeMap
@@ -60,7 +61,8 @@ def coroutine_name(task: Any) -> str:
 
 
 def task_name(task: Any) -> str:
-    return str(task.get_name())
+    # get_name() may be overridden to return anything, even what str() cannot print.
+    return printable(task.get_name())
 
 
 def unwrap_partial(callback: Any) -> Any:

@@ -28,6 +28,7 @@ from looptrace.events import ProbeCall
 from . import context
 from ._patch import Patch, PatchSet
 from .frames import CodeMap, locate
+from .owners import task_name
 
 # (call name shown in reports, module, attribute path inside the module)
 CATALOGUE: tuple[tuple[str, str, str], ...] = (
@@ -88,7 +89,7 @@ class ProbeBuffer:
         if calls is None:
             calls = self._calls.setdefault(thread_id, deque(maxlen=_BUFFER_PER_THREAD))
         calls.append(ProbeCall(call, start_ns, duration_ns, thread_id, site, stack,
-                               task.get_name() if task is not None else None,
+                               task_name(task) if task is not None else None,
                                ids[0] if ids else None, ids[1] if ids else None,
                                ids[2] if ids else True))
 

@@ -46,6 +46,7 @@ from .owners import (
     await_point,
     callback_name,
     coroutine_name,
+    task_name,
     task_of,
     unwrap_partial,
 )
@@ -383,7 +384,7 @@ class Tracer:
                 loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
                 start_ns=start_ns, end_ns=end_ns, sample_key=sample_key,
                 duration_source="step-timer",
-                task=task.get_name() if task is not None else None,
+                task=task_name(task) if task is not None else None,
                 coroutine=coroutine_name(task) if task is not None else None,
                 callback=None if task is not None else callback_name(callback),
                 fallback_site=fallback, fallback_source=source,
