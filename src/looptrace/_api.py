@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -157,6 +158,7 @@ def install(**options: Any) -> None:
         _current = installation
         if not _atexit_registered:
             atexit.register(_at_exit)
+            _register_before_thread_shutdown(_before_thread_shutdown)
             if hasattr(os, "register_at_fork"):
                 os.register_at_fork(after_in_child=_after_fork_in_child)
             _atexit_registered = True
@@ -260,6 +262,29 @@ def _at_exit() -> None:
         uninstall()
     except Exception as exc:
         logger.warning("looptrace: shutting down failed: %s: %s", type(exc).__name__, exc)
+
+
+def _register_before_thread_shutdown(callback: Callable[[], None]) -> None:
+    # Python runs atexit callbacks after threading's shutdown, and from 3.12 a thread can
+    # no longer be started there ("can't create new thread at interpreter shutdown"); the
+    # exporters need one to bound their flush. threading's own exit hooks run before it.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # already shutting down: atexit it is
+            register(callback)
+
+
+def _before_thread_shutdown() -> None:
+    """The main thread has ended: flush the live exporters (OTLP) while threads can still
+    start, unless another thread of the program still runs and may still block a loop
+    (then the atexit flush is the one)."""
+    installation = _current
+    if installation is None or not installation.sinks:
+        return
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        return
+    _at_exit()
 
 
 def _after_fork_in_child() -> None:

@@ -33,7 +33,12 @@ import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.machinery import BuiltinImporter, SourceFileLoader, SourcelessFileLoader
+from importlib.machinery import (
+    BuiltinImporter,
+    PathFinder,
+    SourceFileLoader,
+    SourcelessFileLoader,
+)
 from types import CodeType, ModuleType, TracebackType
 from typing import Literal
 
@@ -67,6 +72,8 @@ class Ending:
     exit_request: SystemExit | None = None
     status: int = 0
     interrupted: bool = False
+    started: bool = True
+    """False when runpy refused the module before any of its code ran (``-m a..b``)."""
 
 
 def _abspath(path: str) -> str:
@@ -109,7 +116,12 @@ def prepare(program: Program) -> Callable[[], None]:
             source: str | bytes = program.target
             filename, argv0 = "<string>", "-c"
         else:
-            source, filename, argv0 = sys.stdin.buffer.read(), "<stdin>", "-"
+            try:
+                source = sys.stdin.buffer.read()
+            except (OSError, ValueError, AttributeError) as exc:  # closed, or not a file
+                raise ProgramNotFound(f"{sys.executable}: can't read the program from "
+                                      f"standard input: {exc}", 2) from None
+            filename, argv0 = "<stdin>", "-"
         sys.argv = [argv0, *program.args]
         return lambda: _exec_source(source, filename, with_file=program.kind == "stdin")
     return _prepare_path(program)
@@ -118,7 +130,9 @@ def prepare(program: Program) -> Callable[[], None]:
 def _prepare_module(program: Program) -> Callable[[], None]:
     _set_path0(os.getcwd())
     name = program.target
-    if name and "." not in name:
+    if name.startswith("."):
+        raise ProgramNotFound(f"{sys.executable}: Relative module names not supported", 1)
+    if "." not in name:
         # A top-level name is found without importing anything: a missing one stops here,
         # before looptrace is installed. Dotted names import their parents, so runpy
         # looks them up under looptrace, as python does.
@@ -145,6 +159,9 @@ def _prepare_path(program: Program) -> Callable[[], None]:
     path = _abspath(program.target)
     sys.argv = [program.target, *program.args]
     if _is_app(path):
+        if PathFinder.find_spec("__main__", [path]) is None:  # imports nothing
+            raise ProgramNotFound(f"{sys.executable}: can't find '__main__' module in "
+                                  f"{path!r}", 1)
         _set_path0(path)
 
         def run_app() -> None:
@@ -202,12 +219,23 @@ def _trimmed(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
+def _refused_by_runpy(exc: SystemExit) -> bool:
+    """runpy's own ``sys.exit(message)`` for a module or app it could not find."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not isinstance(exc.code, str):
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    return filename == "<frozen runpy>" or os.path.basename(filename) == "runpy.py"
+
+
 def execute(run: Callable[[], None]) -> Ending:
     """Run the program; an uncaught exception is printed as python prints it."""
     try:
         run()
     except SystemExit as exc:
-        return Ending(exit_request=exc)
+        return Ending(exit_request=exc, started=not _refused_by_runpy(exc))
     except BaseException as exc:
         trimmed = _trimmed(exc.__traceback__)
         with contextlib.suppress(Exception):

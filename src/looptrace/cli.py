@@ -24,7 +24,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import _runner
+from . import _exit, _runner
+from ._files import write_text
 from ._runner import Program
 from ._version import __version__
 from .session import ReportError, Session
@@ -73,8 +74,11 @@ def _output_path(text: str) -> str:
     if not os.path.isdir(directory):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {directory!r} "
                                          "does not exist")
-    if not os.access(directory, os.W_OK) or (os.path.exists(path)
-                                             and not os.access(path, os.W_OK)):
+    # An existing file, FIFO or device only needs to be writable (see _files); a new
+    # file needs a directory we can create it in.
+    writable = (os.access(path, os.W_OK) if os.path.exists(path)
+                else os.access(directory, os.W_OK))
+    if not writable:
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
     return path
 
@@ -195,23 +199,25 @@ def render(session: Session, fmt: str) -> str:
     return text
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    # A name that was not UTF-8 (an argv item, a file path) is a lone surrogate in Python:
-    # written as `\udcff`, which in a JSON string is the escape that reads back the same.
-    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
-def _write_outputs(session: Session, ns: argparse.Namespace) -> None:
+def _write_outputs(session: Session, ns: argparse.Namespace) -> int:
+    """Write each report file asked for; the number that could not be written."""
+    failed = 0
     for option, fmt in FILE_OPTIONS:
         path = getattr(ns, option)
         if path:
             try:
-                _write(path, render(session, fmt))
+                write_text(path, render(session, fmt))
             except (OSError, UsageError) as exc:
-                print(f"looptrace: could not write {path}: {exc}", file=sys.stderr)
+                failed += 1
+                print(f"looptrace: could not write {_one_line(path)}: {_one_line(_why(exc))}",
+                      file=sys.stderr)
+    return failed
 
 
 def _options(ns: argparse.Namespace) -> dict[str, Any]:
@@ -227,18 +233,12 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _finisher(ns: argparse.Namespace) -> Callable[[], None]:
-    """Stop recording, then write the report files and the summary: once, whichever of
-    normal exit, exception, Ctrl-C or SIGTERM comes first."""
+def _report_writer(ns: argparse.Namespace, failures: list[int]) -> Callable[[], None]:
+    """Stop recording, then write the report files and the summary; the number of files
+    that could not be written goes to ``failures``."""
     import looptrace
 
-    done = False
-
-    def finish() -> None:
-        nonlocal done
-        if done:
-            return
-        done = True
+    def write() -> None:
         try:
             session = looptrace.uninstall()
         except Exception as exc:  # a bug of ours must not become the program's traceback
@@ -248,7 +248,7 @@ def _finisher(ns: argparse.Namespace) -> Callable[[], None]:
             return
         if session is None:
             return
-        _write_outputs(session, ns)
+        failures.append(_write_outputs(session, ns))
         if not ns.quiet:
             # The program may have closed its streams, or set them to None: then the
             # summary is lost, never the program's exit status.
@@ -258,42 +258,7 @@ def _finisher(ns: argparse.Namespace) -> Callable[[], None]:
                 sys.stderr.write("\n" + render(session, "text"))
                 sys.stderr.flush()
 
-    return finish
-
-
-def _report_on_sigterm(finish: Callable[[], None]) -> Callable[[], None]:
-    """Services stop on SIGTERM, which would end the process before any report is written.
-    While the program leaves SIGTERM to its default (death), write the report first, then
-    die of SIGTERM as it would have. A program that handles SIGTERM itself replaces this."""
-    if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return lambda: None
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        with contextlib.suppress(Exception):
-            finish()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) is on_sigterm:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    return restore
-
-
-def _die_of_sigint() -> int:
-    """Exit as Python does after an uncaught KeyboardInterrupt: killed by SIGINT (status
-    130 in a shell), so the caller sees an interrupt, not an error."""
-    for stream in (sys.stdout, sys.stderr):  # as python's finalisation does, first
-        with contextlib.suppress(Exception):
-            stream.flush()
-    if hasattr(signal, "SIGINT") and hasattr(os, "kill"):
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-    return 130
+    return write
 
 
 def run_command(ns: argparse.Namespace) -> int:
@@ -306,25 +271,36 @@ def run_command(ns: argparse.Namespace) -> int:
     treat_as_looptrace(sys.argv[0])  # the launcher, before the program's argv replaces it
     try:
         run = _runner.prepare(ns.program)
-    except _runner.ProgramNotFound as exc:  # python's own line and status
-        print(str(exc), file=sys.stderr)
+    except _runner.ProgramNotFound as exc:  # python's own line and status (escaped)
+        print(_one_line(str(exc)), file=sys.stderr)
         return exc.status
     try:
         looptrace.install(**_options(ns))
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc).removeprefix("looptrace: ")) from None
 
-    finish = _finisher(ns)
-    restore_sigterm = _report_on_sigterm(finish)
+    failures: list[int] = []
+    finish = _exit.Finisher(_report_writer(ns, failures))
+    restore_sigterm = _exit.report_on_sigterm(finish)
     try:
         ending = _runner.execute(run)
+        if not ending.started and ending.exit_request is not None:
+            # python's one line only (escaped), no summary of nothing
+            ns.quiet = True
+            ending.exit_request = SystemExit(_one_line(str(ending.exit_request.code)))
     finally:
-        restore_sigterm()
         finish()
+        restore_sigterm()
+    if finish.deferred is not None:  # Ctrl-C or SIGTERM while the report was written
+        return _exit.die_of(finish.deferred)
+    if ending.interrupted:
+        return _exit.die_of(signal.SIGINT)
+    succeeded = ending.status == 0 and (ending.exit_request is None
+                                        or ending.exit_request.code in (None, 0))
+    if succeeded and any(failures):
+        return 1  # the program succeeded; the report asked for is missing: say so
     if ending.exit_request is not None:
         raise ending.exit_request
-    if ending.interrupted:
-        return _die_of_sigint()
     return ending.status
 
 
@@ -336,16 +312,30 @@ def report_command(ns: argparse.Namespace) -> int:
     text = render(session, ns.format)
     if ns.output:
         try:
-            _write(ns.output, text)
+            write_text(ns.output, text)
         except OSError as exc:  # a name too long, a full disk: checked too late to foresee
-            raise UsageError(f"cannot write {ns.output!r}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write {ns.output!r}: {_why(exc)}") from None
     else:
+        _print(text)
+    return 0
+
+
+def _print(text: str) -> None:
+    """The rendered report on standard output; a full disk or a closed pipe is one line."""
+    try:
         try:
             sys.stdout.write(text)
         except UnicodeEncodeError:  # a name that was not UTF-8, or a narrower terminal
             encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
             sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
-    return 0
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        # What is still buffered would fail again at exit, with a traceback of its own.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise UsageError(f"cannot write to standard output: {_why(exc)}") from None
 
 
 def _one_line(text: str) -> str:

@@ -34,6 +34,7 @@ import pytest
 from . import _api
 from ._combine import Combined, hotspots_from_blocks
 from ._config import resolve
+from ._files import write_text
 from ._pytest_allow import AllowRule, first_match, parse_rules
 from .exporters import html
 from .exporters.text import disabled_hook_line, where
@@ -383,10 +384,7 @@ class _Run:
                              (html_path, html.render(session))):
             directory = os.path.dirname(os.path.abspath(target))
             os.makedirs(directory, exist_ok=True)
-            tmp = f"{target}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, target)
+            write_text(target, text)
             self.written.append(target)
 
     def summary_lines(self) -> list[str]:

@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ._files import write_text
 from .events import CodeLocation
 
 SCHEMA = "looptrace.report/1"
@@ -192,14 +193,7 @@ class Session:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the report as JSON, atomically (a reader never sees half a file)."""
-        text = self.to_json()
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        # A name that was not UTF-8 is a lone surrogate in Python: written as `\udcff`,
-        # the JSON escape that reads back the same string.
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(text)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text(path, self.to_json() + "\n")
 
     def with_exemptions(self, exemptions: tuple[Exemption, ...]) -> Session:
         return replace(self, exemptions=exemptions)

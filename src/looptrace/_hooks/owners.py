@@ -138,7 +138,7 @@ class OwnerTable:
         self.dropped = 0
         self._by_row: dict[tuple[str, str, str | None], int] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: see _hooks/probes.py
 
     def register(self, key: Any, owner: Any, callback: Any) -> int:
         with self._lock:

@@ -164,12 +164,18 @@ class Probes:
         self._on_fault = on_fault
         self._waiting = list(catalogue)
         self._patches = PatchSet()
-        self._lock = threading.Lock()
+        # Reentrant: SIGTERM's report runs in a signal handler on the loop thread, which
+        # may have been interrupted inside patch_available (run at every loop start);
+        # a plain lock would make the handler wait for itself forever.
+        self._lock = threading.RLock()
+        self._closed = False
         self.installed = 0
 
     def patch_available(self) -> None:
         """Patch every waiting entry whose module is imported now."""
         with self._lock:
+            if self._closed:
+                return
             still_waiting = []
             for entry in self._waiting:
                 name, module_name, path = entry
@@ -186,8 +192,12 @@ class Probes:
                                                        self._on_fault)))
                 self.installed += 1
             self._waiting = still_waiting
+            if self._closed:  # reverted by a handler that interrupted this loop: undo ours
+                self._patches.revert_all()
+                self._waiting = []
 
     def revert(self, *, locked: bool = True) -> None:
+        self._closed = True
         if not locked:
             self._patches.revert_all()
             self._waiting = []

@@ -91,7 +91,7 @@ class Tracer:
         self.watchdog: Watchdog | None = None
         self._timers_disabled = False
         self._swallowed: dict[object, int] = {}  # errors the hooks caught, already reported
-        self._swallowed_lock = threading.Lock()
+        self._swallowed_lock = threading.RLock()  # reentrant: see _hooks/probes.py
 
     # -- lifecycle
 

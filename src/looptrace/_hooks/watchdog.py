@@ -59,7 +59,7 @@ class Watchdog:
         self._late: set[SampleKey] = set()
         self._samples: dict[tuple[object, int], StepSamples] = {}
         self._pending: deque[LongStep] = deque()
-        self._finalize_lock = threading.Lock()
+        self._finalize_lock = threading.RLock()  # reentrant: see _hooks/probes.py
         self.dropped_sample_sites = 0
         """Samples of long steps at more distinct sites than a step keeps (reported)."""
         self._stop = threading.Event()

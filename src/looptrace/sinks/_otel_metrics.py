@@ -77,7 +77,7 @@ class _Instruments:
     def __init__(self, meter: Meter) -> None:
         self.source: LoopsView | None = None
         self.retired: LoopsView | None = None  # reported once more after it closed
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: see _hooks/probes.py (issue 11)
         self._seen_util: dict[int, tuple[int, int]] = {}
         self.lag = meter.create_histogram(
             "looptrace.eventloop.lag", unit="s",
@@ -153,7 +153,7 @@ class _Instruments:
 
 
 _by_provider: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
-_by_provider_lock = threading.Lock()
+_by_provider_lock = threading.RLock()  # reentrant: see _hooks/probes.py (issue 11)
 
 
 def instruments_for(provider: Any, meter: Callable[[], Meter]) -> _Instruments:
@@ -172,7 +172,7 @@ class LoopMetrics:
         self._instruments = instruments
         self._source = source
         self._seen_hist: dict[int, dict[int, int]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: see _hooks/probes.py (issue 11)
         self._stop = threading.Event()
         instruments.plug(source)
         self._thread = threading.Thread(target=self._pump_forever, name="looptrace-metrics",
