@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from ._text import printable, terminal_safe
 from .events import Fault
 
 logger = logging.getLogger("looptrace")
@@ -44,7 +45,7 @@ class FaultPolicy:
                 disable()
             logger.warning("looptrace: the %s hook failed and is now disabled "
                            "(the program is not affected): %s: %s",
-                           hook, type(exc).__name__, exc)
+                           hook, type(exc).__name__, terminal_safe(exc))
         except Exception as inner:  # the program comes first: counted, in the report
             self._count(HANDLING, inner, 1)
 
@@ -53,7 +54,7 @@ class FaultPolicy:
         with self._lock:
             entry = self._faults.get(hook)
             if entry is None:
-                self._faults[hook] = (count, f"{type(exc).__name__}: {exc}")
+                self._faults[hook] = (count, f"{type(exc).__name__}: {printable(exc)}")
                 return True
             self._faults[hook] = (entry[0] + count, entry[1])
             return False

@@ -1,10 +1,15 @@
 """The terminal summary: hotspots by total time, each with its site, call and fix, then
-how busy each loop was."""
+how busy each loop was.
+
+Every name in it comes from the traced program (or from a report file anyone could have
+written): each is shown through :func:`looptrace._text.terminal_safe`, so an ANSI escape or
+a newline in a task name cannot retitle the window, clear the screen or forge a line."""
 
 from __future__ import annotations
 
 import os
 
+from looptrace._text import terminal_safe as _t
 from looptrace.events import CodeLocation
 from looptrace.session import FaultSummary, Hotspot, LoopSummary, Session
 
@@ -23,7 +28,7 @@ def short_path(path: str) -> str:
 def where(site: CodeLocation | None) -> str:
     if site is None:
         return "(site unknown)"
-    return f"{short_path(site.file)}:{site.line} in {site.function}"
+    return f"{_t(short_path(site.file))}:{site.line} in {_t(site.function)}"
 
 
 def _duration(value_ms: float | None) -> str:
@@ -40,28 +45,29 @@ def disabled_hook_line(fault: FaultSummary, where_from: str = "") -> str:
     """The warning for a hook that switched itself off after an error inside it (said
     first: what that hook measures is missing from the report from then on)."""
     errors = f"{fault.count} error{'s' if fault.count != 1 else ''}"
-    return (f"WARNING: looptrace switched its {fault.hook} hook off after {errors} inside it"
-            f"{where_from} ({fault.error}); what that hook measures is missing from then on")
+    return (f"WARNING: looptrace switched its {_t(fault.hook)} hook off after {errors} inside "
+            f"it{where_from} ({_t(fault.error)}); what that hook measures is missing from then "
+            "on")
 
 
 def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
-    title = hotspot.call or "(no blocking function named)"
+    title = _t(hotspot.call) if hotspot.call else "(no blocking function named)"
     lines = [
-        f"  {number}. {hotspot.kind}  {title}",
+        f"  {number}. {_t(hotspot.kind)}  {title}",
         f"     at {where(hotspot.site)}",
         f"     {hotspot.count}x  total {_duration(hotspot.total_ms)}  "
         f"max {_duration(hotspot.max_ms)}  p50 {_duration(hotspot.p50_ms)}"
-        f"  thread {hotspot.thread}",
+        f"  thread {_t(hotspot.thread)}",
     ]
     if hotspot.task or hotspot.coroutine:
-        lines.append(f"     task {hotspot.task or '?'} ({hotspot.coroutine or '?'})")
+        lines.append(f"     task {_t(hotspot.task or '?')} ({_t(hotspot.coroutine or '?')})")
     if hotspot.advice:
-        lines.append(f"     fix: {hotspot.advice}")
+        lines.append(f"     fix: {_t(hotspot.advice)}")
     return lines
 
 
 def _loop_lines(loop: LoopSummary) -> list[str]:
-    lines = [f"  loop {loop.id}  {loop.thread}  {loop.kind}"]
+    lines = [f"  loop {loop.id}  {_t(loop.thread)}  {_t(loop.kind)}"]
     figures = []
     if loop.utilization is not None:
         figures.append(f"utilisation {loop.utilization * 100:.1f}%")
@@ -77,14 +83,14 @@ def _loop_lines(loop: LoopSummary) -> list[str]:
     lines.append("     " + "  ".join(figures))
     lag = loop.lag_ms
     if lag.max is not None:
-        label = "lag" if lag.source == "iterations" else "heartbeat lag"
+        label = "lag" if lag.source == "iterations" else "heartbeat lag"  # ours, fixed
         lines.append(f"     {label} p50 {_duration(lag.p50)}  p99 {_duration(lag.p99)}  "
                      f"max {_duration(lag.max)}")
     if loop.saturated_iterations:
         lines.append(f"     {loop.saturated_iterations} saturated iterations (many short "
                      "steps ready at once; no single step to blame)")
     if loop.missing:
-        lines.append(f"     not measurable on this loop: {', '.join(loop.missing)}")
+        lines.append(f"     not measurable on this loop: {_t(', '.join(loop.missing))}")
     return lines
 
 
@@ -116,8 +122,9 @@ def render(session: Session) -> str:
     dropped = {k: v for k, v in session.dropped.items() if v}
     if dropped:
         notes.append("dropped (bounded buffers): " +
-                     ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+                     ", ".join(f"{_t(k)} {v}" for k, v in sorted(dropped.items())))
     if notes:
         lines.append("")
         lines.extend(notes)
-    return "\n".join(lines) + "\n"
+    # Belt and braces: nothing but newlines and tabs reaches the terminal unescaped.
+    return _t("\n".join(lines), multiline=True) + "\n"
