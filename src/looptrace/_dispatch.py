@@ -29,7 +29,7 @@ class Dispatcher(Generic[Event]):
         self._queue: deque[Block] = deque()
         self._capacity = capacity
         self._on_fault = on_fault
-        self._wake = threading.Condition(threading.RLock())  # reentrant: see _hooks/probes.py
+        self._wake = threading.Condition(threading.Lock())
         self._closed = False
         self._busy = False
         self.dropped = 0

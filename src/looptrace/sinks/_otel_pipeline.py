@@ -92,7 +92,7 @@ class BoundedSpanProcessor(SpanProcessor):
         self._max_batch_size = min(max_batch_size, max_queue_size)
         self._schedule_delay_s = schedule_delay_s
         self._queue: deque[ReadableSpan] = deque()
-        self._wake = threading.Condition(threading.RLock())  # reentrant: see _hooks/probes.py
+        self._wake = threading.Condition(threading.Lock())
         self._closing = False
         self._abandoned = False
         self._in_flight = 0
