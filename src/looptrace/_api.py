@@ -26,6 +26,7 @@ from ._config import Options, resolve
 from ._dispatch import Dispatcher
 from ._hooks.tracer import Tracer
 from ._recorder import Recorder
+from ._sources import fingerprints
 from ._version import __version__
 from .events import LoopNow
 from .session import BlockEvent, Session
@@ -80,7 +81,12 @@ class _Installation:
             accelerated=self.tracer.accelerated,
             probes=self.tracer.probes.installed if self.tracer.probes is not None else 0,
             owners=self.tracer.owners, step_ring=self.tracer.step_ring(), extra_dropped=extra)
-        return analysis.session_from(recording, __version__)
+        session = analysis.session_from(recording, __version__)
+        # Which source ran, read here (a snapshot, never a hook): the HTML report shows a
+        # site's lines only from a file that still matches.
+        files = {h.site.file for h in session.hotspots if h.site is not None}
+        files.update(b.site.file for b in session.blocks if b.site is not None)
+        return dataclasses.replace(session, sources=fingerprints(sorted(files)))
 
     def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
         self.tracer.stop()

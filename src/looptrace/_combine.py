@@ -100,6 +100,7 @@ class Combined:
     def __init__(self, *, max_blocks: int = 1000, max_timeline: int = 200_000) -> None:
         self._first: Session | None = None
         self._end_unix_ns = 0
+        self._sources: dict[str, str] = {}  # the first fingerprint of each file wins
         self._loops: list[LoopSummary] = []
         self._blocks: deque[BlockEvent] = deque(maxlen=max_blocks)
         self._sites: dict[SiteKey, _SiteTotal] = {}
@@ -122,6 +123,7 @@ class Combined:
             self._first = session
         first = self._first
         self.reports += 1
+        self._sources = {**session.sources, **self._sources}
         offset_ms = (session.started_unix_ns - first.started_unix_ns) / 1e6
         self._end_unix_ns = max(self._end_unix_ns,
                                 session.started_unix_ns + int(session.wall_ms * 1e6))
@@ -225,4 +227,5 @@ class Combined:
             dropped={k: v for k, v in sorted(self._dropped.items()) if v},
             faults=tuple(self._faults.values()),
             exemptions=tuple(self._exemptions),
+            sources=dict(self._sources),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -18,6 +19,9 @@ from ._files import write_text
 from .events import CodeLocation
 
 SCHEMA = "looptrace.report/1"
+_FINGERPRINT = re.compile("sha256:[0-9a-f]{64}")
+MAX_REPORT_BYTES = 512 * 1024 * 1024
+"""The largest report file read (a long full-mode run writes tens of megabytes)."""
 
 
 class ReportError(ValueError):
@@ -177,6 +181,8 @@ class Session:
     dropped: dict[str, int]
     faults: tuple[FaultSummary, ...]
     exemptions: tuple[Exemption, ...] = field(default=())
+    sources: dict[str, str] = field(default_factory=dict)
+    """``{file: "sha256:..."}``: the source that ran, for each site's file (see _sources)."""
     schema: str = SCHEMA
 
     # -- writing
@@ -220,20 +226,50 @@ class Session:
             raise ReportError(f"{source}: {exc}") from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Session:
-        """Read a report file; any problem is a :class:`ReportError` naming the file."""
+    def load(cls, path: str | os.PathLike[str], *, max_bytes: int = MAX_REPORT_BYTES
+             ) -> Session:
+        """Read a report file; any problem is a :class:`ReportError` naming the file.
+        Reads at most ``max_bytes`` (``/dev/zero`` or a huge file is refused, not read
+        until memory runs out)."""
         name = os.fspath(path)
         try:
-            with open(name, encoding="utf-8") as f:
-                text = f.read()
+            data = _read_bounded(name, max_bytes)
         except OSError as exc:
             raise ReportError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ReportError(f"{name}: not a text file, so not a looptrace report") from None
         return cls.from_json(text, source=name)
 
 
+_CHUNK = 1 << 20
+
+
+def _read_bounded(name: str, max_bytes: int) -> bytes:
+    """The file's bytes, read in chunks: a NUL byte (never in JSON text) or more than
+    ``max_bytes`` stops the reading with a :class:`ReportError`."""
+    chunks: list[bytes] = []
+    size = 0
+    with open(name, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            if b"\x00" in chunk:
+                raise ReportError(f"{name}: binary data (a NUL byte), so not a looptrace "
+                                  "report")
+            size += len(chunk)
+            if size > max_bytes:
+                raise ReportError(f"{name}: larger than {max_bytes // (1024 * 1024)} MB; "
+                                  "not read (is it a looptrace report?)")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 # -- a validating reader: every problem names the JSON path that holds it
+
+_MAX_NUMBER = 1e13
+"""Any number of the report: milliseconds up to 300 years, ratios, figures."""
+_INT_RANGE = (-(2**63), 2**64)
+"""Counts, line numbers, thread idents (unsigned), nanosecond timestamps."""
 
 
 class _Reader:
@@ -276,6 +312,8 @@ class _Reader:
     def integer(self) -> int:
         if isinstance(self.data, bool) or not isinstance(self.data, int):
             raise self._fail(f"expected an integer, found {type(self.data).__name__}")
+        if not _INT_RANGE[0] <= self.data < _INT_RANGE[1]:
+            raise self._fail(f"integer out of range: {self.data}")
         return self.data
 
     def opt_integer(self) -> int | None:
@@ -285,6 +323,8 @@ class _Reader:
         if isinstance(self.data, bool) or not isinstance(self.data, int | float) \
                 or not math.isfinite(self.data):
             raise self._fail(f"expected a number, found {self.data!r}")
+        if abs(self.data) > _MAX_NUMBER:  # 1e306 ms: no renderer can place it in time
+            raise self._fail(f"number out of range: {self.data!r}")
         return float(self.data)
 
     def opt_number(self) -> float | None:
@@ -416,4 +456,15 @@ def _read_session(r: _Reader) -> Session:
                      for f in r["faults"].items()),
         exemptions=tuple(Exemption(e["rule"].text(), e["count"].integer(), e.get("test").opt_text())
                          for e in r.get("exemptions", []).items()),
+        sources=_read_sources(r.get("sources", {})),
     )
+
+
+def _read_sources(r: _Reader) -> dict[str, str]:
+    sources = {}
+    for path, value in r.obj().items():
+        fingerprint = _Reader(value, f"{r.path}.{path}").text()
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise ReportError(f"{r.path}.{path}: expected 'sha256:' and 64 hex digits")
+        sources[path] = fingerprint
+    return sources

@@ -508,3 +508,60 @@ def test_corrupt_report_files_are_one_line_errors(tmp_path: Path, content: bytes
     _check_cli_error(result, ["report.json"])
     with pytest.raises(ReportError):
         Session.load(tmp_path / "report.json")
+
+
+def _numeric_paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    found: list[tuple[object, ...]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _numeric_paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node[:3]):
+            found += _numeric_paths(value, (*prefix, index))
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        found.append(prefix)
+    return found
+
+
+EXTREME_NUMBERS = st.sampled_from([1e306, -1e306, 1e20, -1e20, 1e13 + 1, 2**70, -(2**70),
+                                   2**63, 2**64, -(2**63) - 1, -5, -0.5, 1e-300, 0])
+
+
+@FUZZ
+@given(data=st.data(), fmt=st.sampled_from(list(cli.RENDERERS)))
+def test_a_report_with_extreme_numbers_renders_or_fails_with_one_line(
+        full_report: str, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject,
+        fmt: str) -> None:
+    """Issue 11, item 13: any number of a report (a duration, a start, a count, a line)
+    set to 1e306, -1e306, 2**70...: every renderer (chrome and jaeger turn milliseconds
+    into integer microseconds) renders it or the reader refuses it in one line."""
+    document = json.loads(full_report)
+    paths = _numeric_paths(document)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent: Any = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = data.draw(EXTREME_NUMBERS)
+    directory = tmp_path_factory.mktemp("extreme")
+    _check_report_result(_render_report(json.dumps(document), directory, fmt))
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_file_is_refused_at_once(cli_sandbox: Path, device: str) -> None:
+    """Issue 11, item 13: `looptrace report /dev/zero` is one line, not 24 GB of reading."""
+    if not os.path.exists(device):
+        pytest.skip(f"no {device} here")
+    result = _main(["report", device], cli_sandbox)
+    assert result.status == 2
+    _check_cli_error(result, [device])
+
+
+def test_a_report_over_the_size_limit_is_one_clear_line(tmp_path: Path) -> None:
+    """Issue 11, item 13: a file larger than the limit is refused before it is parsed."""
+    from looptrace.session import ReportError, Session
+
+    path = tmp_path / "big.json"
+    path.write_text(" " * 3_000_000 + "{}")
+    with pytest.raises(ReportError, match="larger than 2 MB"):
+        Session.load(path, max_bytes=2 * 1024 * 1024)

@@ -8,7 +8,8 @@ sortable. Every string that comes from the traced program (task and thread names
 source lines, argv, call names) is escaped.
 
 Sections: summary, loops (figures and a timeline: busy vs io-wait, blocks marked), hotspots
-with the source lines around each site (read from the file when the report is rendered),
+with the source lines around each site (read from the file when the report is rendered,
+and only if it is still the source that ran: see ``looptrace._sources``),
 individual blocks, the per-task table, allow-list exemptions (pytest), and notes (drops,
 faults).
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
+import io
 import tokenize
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from looptrace._sources import matching_source
 from looptrace.events import CodeLocation
 from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
 
@@ -38,7 +40,6 @@ MAX_TIMELINES = 20
 """Loops drawn as timelines (those with the most blocked time)."""
 MAX_LOOP_ROWS = 200
 """Rows of the loops table (a pytest run has a loop per test); all are in the JSON."""
-_MAX_SOURCE_BYTES = 5_000_000
 
 def _csp_hash(text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).digest()
@@ -73,29 +74,31 @@ def _site_html(site: CodeLocation | None) -> str:
             f' in <code>{_e(site.function)}</code>')
 
 
-def source_excerpt(site: CodeLocation, context: int = CONTEXT_LINES) -> list[tuple[int, str]]:
-    """The lines around ``site`` as (number, text), read now; empty when the file cannot be
-    read (another machine, a deleted file, ``<frozen ...>``)."""
-    path = site.file
+def source_excerpt(site: CodeLocation, recorded: str | None,
+                   context: int = CONTEXT_LINES) -> list[tuple[int, str]]:
+    """The lines around ``site`` as (number, text), read now; empty unless the file is
+    Python source whose fingerprint is still ``recorded`` (the one the report was made
+    from): an edited file, another machine, a crafted report naming any other file."""
+    data = matching_source(site.file, recorded)
+    if data is None:
+        return []
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) > _MAX_SOURCE_BYTES:
-            return []
-        with tokenize.open(path) as f:  # honours the file's encoding declaration
-            lines = f.read().splitlines()
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        lines = data.decode(encoding).splitlines()
+    except (SyntaxError, UnicodeDecodeError, LookupError, ValueError):
         return []
     first = max(site.line - context, 1)
     last = min(site.line + context, len(lines))
     return [(n, lines[n - 1]) for n in range(first, last + 1)]
 
 
-def _source_html(site: CodeLocation | None) -> str:
+def _source_html(site: CodeLocation | None, sources: dict[str, str]) -> str:
     if site is None:
         return ""
-    excerpt = source_excerpt(site)
+    excerpt = source_excerpt(site, sources.get(site.file))
     if not excerpt:
-        return (f'<p class="none">source of {_e(short_path(site.file))} is not readable '
-                "here</p>")
+        return (f'<p class="none">source of {_e(short_path(site.file))} not shown: not '
+                "readable here, or not the source that ran</p>")
     rows = []
     for number, text in excerpt:
         hit = " hit" if number == site.line else ""
@@ -224,7 +227,8 @@ def _loops(session: Session, numbered: Sequence[tuple[int, BlockEvent]]) -> str:
             f"{legend}{''.join(figures)}{more}</section>")
 
 
-def _hotspots(hotspots: Sequence[Hotspot], threshold_ms: float) -> str:
+def _hotspots(hotspots: Sequence[Hotspot], threshold_ms: float,
+              sources: dict[str, str]) -> str:
     if not hotspots:
         return (f'<section id="hotspots"><h2>Hotspots</h2><p class="none">No block of the '
                 f"loop at or over {_e(_ms(threshold_ms))}.</p></section>")
@@ -248,7 +252,7 @@ def _hotspots(hotspots: Sequence[Hotspot], threshold_ms: float) -> str:
         advice = (f'<p class="advice"><b>fix:</b> {_e(hotspot.advice)}</p>'
                   if hotspot.advice else "")
         rows.append(f'<tr class="detail"><td></td><td colspan="8">{advice}'
-                    f"{_source_html(hotspot.site)}{_stack_html(hotspot.stack)}</td></tr>")
+                    f"{_source_html(hotspot.site, sources)}{_stack_html(hotspot.stack)}</td></tr>")
     return (f'<section id="hotspots"><h2>Hotspots <small>(by total time)</small></h2>'
             f'<div class="scroll"><table class="sortable" id="hotspot-table"><thead>{head}'
             f"</thead><tbody>{''.join(rows)}</tbody></table></div></section>")
@@ -354,7 +358,7 @@ def render(session: Session) -> str:
         ' &middot; <a href="#blocks">blocks</a> &middot; <a href="#tasks">tasks</a></nav>',
         _summary(session),
         _loops(session, numbered),
-        _hotspots(session.hotspots, session.threshold_ms),
+        _hotspots(session.hotspots, session.threshold_ms, session.sources),
         _blocks(numbered, session.dropped.get("blocks", 0)),
         _tasks(session),
         _exemptions(session),
