@@ -84,7 +84,8 @@ def test_program_exit_is_bounded_and_drops_are_reported(
     wall, report = _run(tmp_path, "exported", "--otlp", dead_collector)
     blocks = len(report["blocks"])  # type: ignore[arg-type]
     assert blocks >= BLOCKS_IN_PROGRAM  # a busy machine may add a few
-    assert report["dropped"] == {"spans": blocks}
+    # The last metrics could not be delivered either: counted too (issue 11).
+    assert {k: v for k, v in report["dropped"].items() if k != "metrics"} == {"spans": blocks}
     assert wall - baseline < 2.0, f"{wall:.2f} s with a dead collector, {baseline:.2f} s without"
 
 
@@ -133,7 +134,8 @@ def test_100k_blocks_in_flat_memory_and_a_bounded_close(dead_collector: str) -> 
     assert samples[-1] - start < 40.0, f"{samples[-1] - start:.1f} MB for the bounded queue"
     assert samples[-1] - samples[1] < 5.0, f"memory grew from 50k to 100k spans: {samples}"
     assert closing < 1.5, f"close took {closing:.2f} s"
-    assert dropped == {"spans": 100_000}
+    assert dropped.pop("spans") == 100_000
+    assert set(dropped) <= {"metrics"}  # the last metrics, lost as well (issue 11)
 
 
 def test_uninstall_on_a_loop_thread_does_not_wait_for_the_collector(

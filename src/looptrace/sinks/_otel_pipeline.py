@@ -26,7 +26,12 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -49,12 +54,27 @@ def _env_int(name: str, default: int, low: int) -> int:
         return default
 
 
+_SIGNALS = ("traces", "metrics")
+
+
 def signal_endpoint(endpoint: str, signal: str) -> str:
-    """``http://host:4318`` -> ``http://host:4318/v1/traces``; a URL that already names the
-    signal's path is kept as it is."""
-    path = f"/v1/{signal}"
-    stripped = endpoint.rstrip("/")
-    return stripped if stripped.endswith(path) else stripped + path
+    """The URL of one signal, from the endpoint given to ``--otlp``/``install(otlp=)``.
+
+    As the OTel exporter spec builds per-signal URLs from ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+    the endpoint is a base URL and ``/v1/<signal>`` is appended to its path
+    (``http://host:4318`` -> ``http://host:4318/v1/metrics``). A URL that already ends with
+    one signal's path (``http://host:4318/v1/traces``, as one would give
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is that signal's URL, used as it is, and its base
+    (the URL without that path) serves the other signal: never ``/v1/traces/v1/metrics``.
+    """
+    base = endpoint.rstrip("/")
+    for known in _SIGNALS:
+        if base.endswith(f"/v1/{known}"):
+            if known == signal:
+                return base
+            base = base[:-len(f"/v1/{known}")]
+            break
+    return f"{base}/v1/{signal}"
 
 
 def check_protocol() -> None:
@@ -257,7 +277,8 @@ def build_tracer_provider(endpoint: str | None, on_drop: OnDrop
     return provider, processor
 
 
-def build_meter_provider(endpoint: str | None) -> MeterProvider | None:
+def build_meter_provider(endpoint: str | None, on_drop: OnDrop
+                         ) -> tuple[MeterProvider, CountingMetricExporter] | None:
     """A MeterProvider exporting OTLP/HTTP protobuf every ``OTEL_METRIC_EXPORT_INTERVAL``,
     or None when ``OTEL_METRICS_EXPORTER`` says ``none`` (a Jaeger-only setup: Jaeger has no
     metrics pipeline)."""
@@ -266,6 +287,61 @@ def build_meter_provider(endpoint: str | None) -> MeterProvider | None:
         return None
     exporter = (OTLPMetricExporter(endpoint=signal_endpoint(endpoint, "metrics"))
                 if endpoint else OTLPMetricExporter())
-    reader = PeriodicExportingMetricReader(exporter)
-    return MeterProvider(metric_readers=[reader], resource=Resource.create(),
-                         shutdown_on_exit=False)
+    counting = CountingMetricExporter(exporter, on_drop)
+    reader = PeriodicExportingMetricReader(counting)
+    provider = MeterProvider(metric_readers=[reader], resource=Resource.create(),
+                             shutdown_on_exit=False)
+    return provider, counting
+
+
+def _data_points(data: MetricsData) -> int:
+    return sum(len(metric.data.data_points) for resource in data.resource_metrics
+               for scope in resource.scope_metrics for metric in scope.metrics)
+
+
+class CountingMetricExporter(MetricExporter):
+    """The OTLP metric exporter, counting the data points that never reach the collector:
+    a failed export, and (at :meth:`abandon`) an export still waiting on a collector that
+    does not answer when looptrace has to go."""
+
+    def __init__(self, exporter: MetricExporter, on_drop: OnDrop) -> None:
+        super().__init__(preferred_temporality=exporter._preferred_temporality,
+                         preferred_aggregation=exporter._preferred_aggregation)
+        self._exporter = exporter
+        self._on_drop = on_drop
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}
+        self._next = 0
+        self._abandoned = False
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: object) -> MetricExportResult:
+        points = _data_points(metrics_data)
+        with self._lock:
+            ticket = self._next
+            self._next += 1
+            self._in_flight[ticket] = points
+        result = MetricExportResult.FAILURE
+        try:
+            result = self._exporter.export(metrics_data, timeout_millis=timeout_millis)
+            return result
+        finally:
+            with self._lock:
+                pending = self._in_flight.pop(ticket, None)
+                lost = pending is not None and result is not MetricExportResult.SUCCESS
+            if lost and pending:
+                self._on_drop(pending)
+
+    def abandon(self) -> None:
+        """Count what is still on the wire as lost (a late answer is not counted again)."""
+        with self._lock:
+            pending = sum(self._in_flight.values())
+            self._in_flight.clear()
+        if pending:
+            self._on_drop(pending)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._exporter.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        self._exporter.shutdown(timeout_millis=timeout_millis)

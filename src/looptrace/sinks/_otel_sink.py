@@ -73,6 +73,13 @@ class _ExporterTrouble(logging.Filter):
         errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
         if errno:
             return errno.group(0).strip()
+        # The collector answered, with an error: say which, it is not "unreachable".
+        answered = re.search(r"batch code: (\d{3}), reason: ([^\n]*)", text)
+        if answered:
+            return f"the collector answered HTTP {answered.group(1)} {answered.group(2)}"
+        transient = re.search(r"Transient error (.+?) encountered", text)
+        if transient and "timed out" not in text.lower():
+            return f"the collector answered {transient.group(1)}"
         if "timed out" in text.lower():
             return "no answer in time"
         return "unreachable" if text else "the export queue was full"
@@ -99,6 +106,7 @@ class OtelSink:
         self._own_tracer_provider: Any = None
         self._own_processor: Any = None
         self._own_meter_provider: Any = None
+        self._metric_exporter: Any = None
         self._span_trouble: _ExporterTrouble | None = None
         self._metric_trouble: _ExporterTrouble | None = None
         self._closed = False
@@ -122,8 +130,9 @@ class OtelSink:
         self._span_trouble = _ExporterTrouble(("looptrace-",))
         logging.getLogger(_SPAN_EXPORTER_LOGGER).addFilter(self._span_trouble)
         if build_meter:
-            self._own_meter_provider = build_meter_provider(endpoint)
-            if self._own_meter_provider is not None:
+            built = build_meter_provider(endpoint, self._count_dropped_metrics)
+            if built is not None:
+                self._own_meter_provider, self._metric_exporter = built
                 # Only looptrace's meter provider exists while this filter is on.
                 self._metric_trouble = _ExporterTrouble(
                     ("looptrace-", "OtelPeriodicExportingMetricReader"))
@@ -131,6 +140,10 @@ class OtelSink:
 
     def _count_dropped_spans(self, count: int) -> None:
         self._inputs.count_dropped("spans", count)
+
+    def _count_dropped_metrics(self, count: int) -> None:
+        if self._recorder is not None:
+            self._recorder.drop("metrics", count)
 
     def _start_metrics(self, explicit: Any) -> LoopMetrics | None:
         """Instruments on the explicit, else the application's, else looptrace's own
@@ -229,6 +242,8 @@ class OtelSink:
                 # that is down would otherwise hold the exit for the whole deadline.
                 left = min(max(deadline - time.monotonic(), 0.05), _METRICS_EXIT_S)
                 self._own_meter_provider.shutdown(timeout_millis=left * 1000)
+                if self._metric_exporter is not None:  # still waiting for an answer: lost
+                    self._metric_exporter.abandon()
         except Exception as exc:  # never raise at exit
             logger.warning("looptrace: closing the OpenTelemetry export failed: %s: %s",
                            type(exc).__name__, exc)
