@@ -33,6 +33,8 @@ LAYERS: dict[str, int] = {
     "looptrace._version": 0,
     "looptrace._histogram": 0,
     "looptrace._files": 0,
+    "looptrace._text": 0,  # names from the program made strings, escaped for terminals
+    "looptrace._sources": 0,  # fingerprints of source files (stdlib only)
     # L1 recording: the hooks, the C accelerator, the recorder and its dispatch thread.
     "looptrace._hooks": 1,
     "looptrace._speedups": 1,
@@ -59,6 +61,7 @@ LAYERS: dict[str, int] = {
     "looptrace.__main__": 5,
     "looptrace.cli": 5,
     "looptrace._runner": 5,
+    "looptrace._exit": 5,
     "looptrace.pytest_plugin": 5,
     "looptrace._pytest_allow": 5,
     "looptrace.structlog": 5,
