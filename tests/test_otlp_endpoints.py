@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.collectors import dead_endpoint
-from looptrace.exporters._otel_pipeline import signal_endpoint
+from looptrace.sinks._otel_pipeline import signal_endpoint
 
 PROGRAM = textwrap.dedent("""
     import asyncio, time

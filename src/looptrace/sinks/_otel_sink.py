@@ -142,8 +142,7 @@ class OtelSink:
         self._inputs.count_dropped("spans", count)
 
     def _count_dropped_metrics(self, count: int) -> None:
-        if self._recorder is not None:
-            self._recorder.drop("metrics", count)
+        self._inputs.count_dropped("metrics", count)
 
     def _start_metrics(self, explicit: Any) -> LoopMetrics | None:
         """Instruments on the explicit, else the application's, else looptrace's own
