@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 import looptrace
+from helpers.busy import busy_cpus, competitors_asked
 from looptrace._hooks.probes import CATALOGUE
 
 
@@ -49,6 +50,18 @@ def _asyncio_state() -> dict[str, object]:
 
 
 _PRISTINE = _asyncio_state()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_machine() -> Iterator[None]:
+    """``LOOPTRACE_TEST_BUSY=1``: every CPU is kept busy by competing processes for the
+    whole session (the CI load pass: verdicts must not depend on load)."""
+    count = competitors_asked()
+    if count == 0:
+        yield
+        return
+    with busy_cpus(count):
+        yield
 
 
 @pytest.fixture(autouse=True)

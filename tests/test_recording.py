@@ -14,6 +14,7 @@ import pytest
 import looptrace
 from helpers import blocking
 from helpers.lines import line_of
+from looptrace._hooks.blocks import CPU_STARVED
 from looptrace.session import Session
 
 HERE = __file__
@@ -165,7 +166,9 @@ def test_executor_urlopen_then_read_on_the_loop_is_one_blocking_call(
     assert "executor" in hotspot.advice and "aiohttp" in hotspot.advice
     durations = [b.duration_ms for b in session.blocks]
     for measured, delay in zip(durations, delays_ms, strict=True):
-        assert delay * 0.9 <= measured <= delay * 1.1, (durations, delays_ms)
+        # On a loaded machine the server thread wakes late from its delay: the read is
+        # that much longer (the step timer measures it exactly; the delay is a lower bound).
+        assert delay * 0.9 <= measured <= delay * 1.1 + 50, (durations, delays_ms)
     assert all(b.task and b.coroutine == "test_executor_urlopen_then_read_on_the_loop_is_one_"
                "blocking_call.<locals>.main" for b in session.blocks)
 
@@ -298,7 +301,7 @@ def test_block_under_uvloop_is_found_by_the_heartbeat() -> None:
     blocks = sorted(session.blocks, key=lambda b: b.start_ms)
     assert len(blocks) == 2, blocks
     sleep_block, cpu_block = blocks
-    assert sleep_block.duration_source == "heartbeat"
+    assert sleep_block.duration_source == "heartbeat+probe"
     assert sleep_block.kind == "blocking-call" and sleep_block.call == "time.sleep"
     assert sleep_block.site is not None
     assert sleep_block.site.line == line_of(HERE, "# UVLOOP_SLEEP")
@@ -336,8 +339,12 @@ def test_many_short_steps_in_one_iteration_are_saturation_not_a_hotspot(
         await asyncio.gather(*schedulers)
 
     session = record(main, threshold_ms=50, accelerator=accelerator)
-    # A garbage collection may stop the loop too; it is named as such, never as a line.
-    assert [h for h in session.hotspots if h.site is not None] == []
+    # A garbage collection may stop the loop too; it is named as such (its line, kept as
+    # evidence, is only the allocation that triggered it).
+    # A step preempted for the threshold on a loaded machine is named for that
+    # (cpu.run_queue), never as the line's fault either.
+    assert [h for h in session.hotspots
+            if not (h.call or "").startswith(("gc.collect", CPU_STARVED))] == []
     (loop,) = session.loops
     assert loop.saturated_iterations >= 1
     assert loop.long_iterations >= 1

@@ -112,6 +112,9 @@ class LoopRecord:
         self.saturated_iterations = 0
         self.last_block_end_ns = 0
         self.closed = False
+        self.unfinished_busy_ns = 0
+        """Busy time of iterations cut short by the loop stopping (an exception or Ctrl-C out
+        of a step): no select came after them to count it."""
 
     def run_started(self, slot: Slot | None) -> None:
         """The loop starts running on the calling thread."""
@@ -130,6 +133,9 @@ class LoopRecord:
         if self.run_periods and self.run_periods[-1][1] == 0:
             self.run_periods[-1][1] = now_ns()
         if self.timer is not None:
+            last = getattr(self.timer, "last_end_ns", 0)
+            if last:
+                self.unfinished_busy_ns += now_ns() - last
             self.timer.forget_last()
 
     def own_steps(self, thread_steps: list[tuple[int, int, int]]
@@ -196,7 +202,7 @@ class LoopRecord:
             select_calls=timer.select_calls if timer is not None else None,
             events=timer.events if timer is not None else None,
             io_wait_ns=_io_wait_so_far(timer) if timer is not None else None,
-            busy_ns=timer.busy_ns if timer is not None else None,
+            busy_ns=_busy_so_far(timer) + self.unfinished_busy_ns if timer is not None else None,
             lag_source=lag_source,  # type: ignore[arg-type]
             lag_histogram=histogram, lag_max_ns=lag_max,
             steps=self.steps() if "steps" in self.coverage else None,
@@ -206,6 +212,13 @@ class LoopRecord:
             selects=tuple(timer.ring()) if (full and timer is not None) else (),
             steps_timeline=steps_timeline,
         )
+
+
+def _busy_so_far(timer: Any) -> int:
+    """The loop's busy time, including the iteration in progress (a loop stuck in a step
+    when the report is taken has been busy since its last select returned)."""
+    last = getattr(timer, "last_end_ns", 0)
+    return int(timer.busy_ns) + (now_ns() - last if last else 0)
 
 
 def _io_wait_so_far(timer: SelectTimer) -> int:

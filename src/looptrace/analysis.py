@@ -82,7 +82,9 @@ def block_event(block: Block, started_ns: int, epoch_offset_ns: int) -> BlockEve
         trace_id=f"{block.trace_id:032x}" if block.trace_id is not None else None,
         span_id=f"{block.span_id:016x}" if block.span_id is not None else None,
         stack=block.stack, gc_ms=ms(block.gc_ns), trace_sampled=block.trace_sampled,
-        cpu_wait_ms=ms(block.cpu_wait_ns), call_source=block.call_source,
+        cpu_wait_ms=ms(block.cpu_wait_ns),
+        cpu_ms=ms(block.cpu_ns) if block.cpu_ns is not None else None,
+        causes=block.causes, in_progress=block.in_progress, call_source=block.call_source,
         gil_wait_ms=ms(block.gil_wait_ns), gil_holder=block.gil_holder,
         gil_holder_call=block.gil_holder_call, gil_holder_site=block.gil_holder_site,
     )

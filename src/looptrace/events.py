@@ -42,11 +42,12 @@ the source text of the call the site's sampled instruction makes (a C function c
 from the site, e.g. ``sorted``, ``hashlib.pbkdf2_hmac``); ``resolved``: that text resolved
 through the module's globals to the C function it names (``re.Pattern.match``)."""
 
-DurationSource = Literal["step-timer", "heartbeat", "native-sampler"]
-"""``step-timer``: measured around the step. ``heartbeat``: the lateness of a timer, on
-loops whose steps cannot be timed (uvloop); a lower bound of the real block.
-``native-sampler``: a wait for the GIL between two steps, timed by the native sampler's
-looks (within one sample interval)."""
+DurationSource = Literal["step-timer", "heartbeat", "heartbeat+probe", "native-sampler"]
+"""``step-timer``: measured around the step. ``heartbeat``: on loops whose steps cannot be
+timed (uvloop), from the end of the last timer beat before the block to the late beat (over
+by at most one beat interval, 1-5 ms). ``heartbeat+probe``: the same, starting at the probed
+blocking call that explains the block. ``native-sampler``: a wait for the GIL between two
+steps, timed by the native sampler's looks (within one sample interval)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,13 @@ class Block:
     """Whether the parent span (``trace_id``/``span_id``) was sampled."""
     cpu_wait_ns: int = 0
     """Time the loop thread was ready to run but had no CPU during the block (Linux)."""
+    cpu_ns: int | None = None
+    """Time the loop thread ran on a CPU during the block (Linux; None: not measured)."""
+    causes: tuple[str, ...] = ()
+    """Causes that took at least a quarter of the block (``cpu.run_queue``, ``gc``),
+    beside the evidence (site, stack, task, span, call), never instead of it."""
+    in_progress: bool = False
+    """The program stopped inside the block: its duration is the time so far."""
     call_source: CallSource | None = None
     """How ``call`` was known."""
     gil_wait_ns: int = 0

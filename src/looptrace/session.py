@@ -99,6 +99,9 @@ class BlockEvent:
     gc_ms: float = 0.0
     trace_sampled: bool = True
     cpu_wait_ms: float = 0.0
+    cpu_ms: float | None = None
+    causes: tuple[str, ...] = ()
+    in_progress: bool = False
     call_source: str | None = None
     gil_wait_ms: float = 0.0
     gil_holder: str | None = None
@@ -388,6 +391,9 @@ def _read_block(r: _Reader) -> BlockEvent:
         gc_ms=r.get("gc_ms", 0.0).number(),
         trace_sampled=r.get("trace_sampled", True).boolean(),
         cpu_wait_ms=r.get("cpu_wait_ms", 0.0).number(),
+        cpu_ms=r.get("cpu_ms").opt_number(),
+        causes=r.get("causes", []).texts(),
+        in_progress=r.get("in_progress", False).boolean(),
         call_source=r.get("call_source", None).opt_text(),
         gil_wait_ms=r.get("gil_wait_ms", 0.0).number(),
         gil_holder=r.get("gil_holder", None).opt_text(),

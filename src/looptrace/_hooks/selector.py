@@ -193,7 +193,8 @@ class FrozenTimer:
         since = timer.waiting_since_ns  # closed mid-wait (SIGTERM): that wait counts too
         self.io_wait_ns = timer.io_wait_ns + (perf_counter_ns() - since if since else 0)
         self.waiting_since_ns = 0
-        self.busy_ns = timer.busy_ns
+        last = getattr(timer, "last_end_ns", 0)  # closed mid-step (SIGTERM): that busy counts
+        self.busy_ns = timer.busy_ns + (perf_counter_ns() - last if last else 0)
         self.max_busy_ns = timer.max_busy_ns
         self.long_iterations = timer.long_iterations
         self.ring_written = timer.ring_written

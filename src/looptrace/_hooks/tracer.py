@@ -22,25 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import threading
 import weakref
 from asyncio import base_events, events, runners
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any
 
 from looptrace._config import Options
 from looptrace._recorder import LoopRecord, Recorder
-from looptrace.events import CodeLocation, SiteSource
+from looptrace.events import CodeLocation, DurationSource, SiteSource
 
 from . import context, schedstat
 from ._patch import Patch, PatchSet
 from .blocks import LongStep
 from .frames import CodeMap, absolute, location
 from .gcwatch import GcWatch
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, interval_for
 from .native import NativeSampler
 from .native import unavailable as native_unavailable
 from .nativefeed import NativeFeed
+from .nesting import NestedRuns, outside
 from .owners import (
     OwnerTable,
     await_point,
@@ -60,7 +63,10 @@ from .watchdog import Watchdog
 SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
 STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes")
 HEARTBEAT_COVERAGE = ("blocks", "stacks", "probes", "lag")
-HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations")
+HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations") + (
+    # A C task's context (hence the span of a block found by sampling) can be read only
+    # through Task.get_context(), new in 3.12; on 3.11 only probed calls carry their span.
+    ("block-spans",) if sys.version_info < (3, 12) else ())
 NATIVE = ("native-stacks", "gil-stalls")
 """What the accelerator's native sampler adds to a loop whose steps the C hook times."""
 
@@ -87,6 +93,8 @@ class Tracer:
             buffer = ProbeBuffer(max(threshold // 100, _MIN_PROBE_NS), self.codemap)
             self.probes = Probes(buffer, lambda exc: recorder.fault("probes", exc))
         self.gc_watch = GcWatch(max(threshold // 100, _MIN_PROBE_NS))
+        self.sched = schedstat.SchedHistory()
+        self.nested = NestedRuns()
         self.policy = PolicyDoor(self._on_new_loop, lambda exc: recorder.fault("doors", exc))
         self.watchdog: Watchdog | None = None
         self._timers_disabled = False
@@ -132,7 +140,7 @@ class Tracer:
             on_block=self.recorder.add_block, on_fault=self.recorder.fault,
             housekeeping=self._housekeeping, codemap=self.codemap,
             threshold_ns=options.threshold_ns, sample_interval_ns=options.sample_interval_ns,
-            native=native)
+            sched=self.sched, native=native)
         self.recorder.on_fault("watchdog", self.watchdog.disable_sampling)
         self.watchdog.start()
         self._attach_running_loops()
@@ -160,13 +168,17 @@ class Tracer:
 
     def stop(self) -> None:
         """Undo everything; safe to call after a partial start and more than once."""
+        was_active = self.active
         self._switch_off(locked=True)
+        if was_active:
+            self._report_in_progress()
         with self._attach_lock:
             for record in self.recorder.loop_records():
                 self._release(record)
             self._timers.clear()
         if self.watchdog is not None:
             self.watchdog.stop()
+        self.sched.close()
 
     def abandon(self) -> None:
         """Switch every hook off without taking a lock (in a forked child, a lock held by
@@ -245,6 +257,9 @@ class Tracer:
                     # at the next housekeeping: else the same blocking line is a slow-step
                     # for up to a second, then a blocking-call (two hotspots for one line).
                     self.probes.patch_available()
+                if previous is loop:
+                    self._nested_run_mark()
+                    return
                 record = self.attach(loop)
                 if record is not None:
                     slot = self.step_hook.current_slot() if "steps" in record.coverage else None
@@ -255,6 +270,14 @@ class Tracer:
                     record.run_stopped()
         except Exception as exc:
             self.recorder.fault("doors", exc)
+
+    def _nested_run_mark(self) -> None:
+        """The running loop was set again on its own thread: a nested run (nest_asyncio)
+        begins or ends inside the step running now."""
+        slot = self.step_hook.current_slot() if self.step_hook is not None else None
+        handle = slot.handle if slot is not None else None
+        if handle is not None:
+            self.nested.mark(threading.get_ident(), handle)
 
     def _on_new_loop(self, loop: Any) -> None:
         try:
@@ -325,7 +348,7 @@ class Tracer:
                 record = self.recorder.add_loop(
                     loop, f"{type(loop).__module__}.{type(loop).__qualname__}",
                     HEARTBEAT_COVERAGE, HEARTBEAT_MISSING + NATIVE)
-                interval = min(max(options.threshold_ns // 4, 1_000_000), 50_000_000)
+                interval = interval_for(options.threshold_ns)
                 heartbeat = Heartbeat(loop, record.loop_id, interval, options.threshold_ns,
                                       self._on_late_beat,
                                       lambda exc: self.recorder.fault("heartbeat", exc))
@@ -356,67 +379,107 @@ class Tracer:
     def on_long_step(self, handle: Any, start_ns: int, end_ns: int, seq: int) -> None:
         """Called on the loop thread by the step hook after a step at or over the threshold."""
         try:
-            loop = handle._loop
-            record = self.recorder.loop_record(loop)
-            if record is None and self.active:
-                record = self.attach(loop)
-            if record is None or self.watchdog is None:
-                return
-            record.last_block_end_ns = end_ns
-            callback = handle._callback
-            task = task_of(callback)
             thread = threading.current_thread()
-            fallback: CodeLocation | None = None
-            source: SiteSource = "unknown"
-            if task is not None:
-                frame = await_point(task, self.codemap)
-                if frame is not None:
-                    fallback, source = location(frame), "await-point"
-            else:
-                fallback = _callback_location(callback)
-                source = "callback" if fallback is not None else "unknown"
-            span = context.span_ids(getattr(handle, "_context", None))
-            probe_calls = (self.probes.buffer.between(thread.ident or 0, start_ns, end_ns)
-                           if self.probes is not None else [])
-            gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, end_ns)
-            sample_key = (thread.ident or 0, seq)
-            self.watchdog.submit(LongStep(
-                loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
-                start_ns=start_ns, end_ns=end_ns, sample_key=sample_key,
-                duration_source="step-timer",
-                task=task_name(task) if task is not None else None,
-                coroutine=coroutine_name(task) if task is not None else None,
-                callback=None if task is not None else callback_name(callback),
-                fallback_site=fallback, fallback_source=source,
-                trace_id=span[0] if span else None, span_id=span[1] if span else None,
-                trace_sampled=span[2] if span else True,
-                probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
-                sched_end=_sched_now(end_ns) if self.watchdog.sampled(sample_key) else None))
+            self._long_step(handle, start_ns, end_ns, seq, thread.ident or 0, thread.name)
         except Exception as exc:
             self.recorder.fault("steps", exc)
 
-    def _on_late_beat(self, heartbeat: Heartbeat, due_ns: int, now_ns: int) -> None:
+    def _long_step(self, handle: Any, start_ns: int, end_ns: int, seq: int, ident: int,
+                   thread_name: str, in_progress: bool = False) -> None:
+        loop = handle._loop
+        record = self.recorder.loop_record(loop)
+        if record is None and self.active:
+            record = self.attach(loop)
+        if record is None or self.watchdog is None:
+            return
+        # Nested runs of the loop inside this step are not its own time: the steps that ran
+        # in them are blocks (or not) of their own.
+        nested = self.nested.within(ident, handle, start_ns, end_ns)
+        nested_ns = sum(end - begin for begin, end in nested)
+        if end_ns - start_ns - nested_ns < self.options.threshold_ns:
+            return
+        record.last_block_end_ns = end_ns
+        callback = handle._callback
+        task = task_of(callback)
+        fallback, source = self._fallback_site(task, callback)
+        span = context.span_ids(getattr(handle, "_context", None))
+        probe_calls = [c for c in (self.probes.buffer.between(ident, start_ns, end_ns)
+                                   if self.probes is not None else [])
+                       if outside(nested, c.start_ns)]
+        gc_ns, gc_generation = self.gc_watch.within(ident, start_ns, end_ns)
+        before, inside = self.sched.around(ident, start_ns, end_ns)
+        end_reading = self.sched.read(ident)
+        self.watchdog.submit(LongStep(
+            loop_id=record.loop_id, thread_id=ident, thread_name=thread_name,
+            start_ns=start_ns, end_ns=end_ns, sample_key=(ident, seq),
+            duration_source="step-timer",
+            task=task_name(task) if task is not None else None,
+            coroutine=coroutine_name(task) if task is not None else None,
+            callback=None if task is not None else callback_name(callback),
+            fallback_site=fallback, fallback_source=source,
+            trace_id=span[0] if span else None, span_id=span[1] if span else None,
+            trace_sampled=span[2] if span else True,
+            probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
+            threshold_ns=self.options.threshold_ns, sched_before=before,
+            sched_inside=inside, sched_end=end_reading, nested_ns=nested_ns,
+            in_progress=in_progress))
+
+    def _fallback_site(self, task: Any, callback: Any) -> tuple[CodeLocation | None, SiteSource]:
+        """Where the step was, when no sample says better: a task's await point after the
+        step, or a plain callback's definition."""
+        if task is not None:
+            frame = await_point(task, self.codemap)
+            return (location(frame), "await-point") if frame is not None else (None, "unknown")
+        fallback = _callback_location(callback)
+        return fallback, "callback" if fallback is not None else "unknown"
+
+    def _report_in_progress(self) -> None:
+        """The program is stopping (uninstall, a signal, exit) while a loop may be stuck in
+        a step: report such a step as a block with its duration so far, marked in progress.
+        Only the innermost step of each thread runs; the hook is already switched off, so
+        the step's real end reports nothing twice."""
+        now = perf_counter_ns()
+        threshold = self.options.threshold_ns
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for slot in self.step_hook.slots() if self.step_hook is not None else ():
+            seq = slot.seq
+            handle, start = slot.handle, slot.start_ns
+            if handle is not None and slot.seq == seq and now - start >= threshold:
+                ident = slot.thread_id
+                try:
+                    self._long_step(handle, start, now, seq, ident, names.get(ident, "?"),
+                                    in_progress=True)
+                except Exception as exc:
+                    self.recorder.fault("steps", exc)
+        for heartbeat in list(self._heartbeats):
+            if heartbeat.due_ns() is not None and now - heartbeat.free_ns >= threshold:
+                self._on_late_beat(heartbeat, heartbeat.free_ns, now, in_progress=True)
+
+    def _on_late_beat(self, heartbeat: Heartbeat, free_ns: int, now_ns: int,
+                      in_progress: bool = False) -> None:
         loop = heartbeat.loop()
         record = self.recorder.loop_record(loop) if loop is not None else None
         if record is None or self.watchdog is None:
             return
         record.last_block_end_ns = now_ns
-        thread = threading.current_thread()
-        # The stall began somewhere after the previous beat; a probed call that began
-        # earlier than the due time tells exactly when.
-        probe_calls = (self.probes.buffer.between(thread.ident or 0,
-                                                  due_ns - heartbeat.interval_ns, now_ns)
+        ident = heartbeat.thread_id or 0 if in_progress else threading.get_ident()
+        thread_name = next((t.name for t in threading.enumerate() if t.ident == ident), "?")
+        # The loop was free at free_ns (the end of the previous beat): the block began
+        # then or a little later. A probed call that explains the block tells exactly when.
+        probe_calls = (self.probes.buffer.between(ident, free_ns, now_ns)
                        if self.probes is not None else [])
-        start_ns = min([due_ns, *(c.start_ns for c in probe_calls)])
-        gc_ns, gc_generation = self.gc_watch.within(thread.ident or 0, start_ns, now_ns)
+        start_ns, source = _heartbeat_start(free_ns, now_ns, probe_calls)
+        gc_ns, gc_generation = self.gc_watch.within(ident, start_ns, now_ns)
         sample_key = (heartbeat.key, heartbeat.beats)
+        before, inside = self.sched.around(ident, start_ns, now_ns)
         self.watchdog.submit(LongStep(
-            loop_id=record.loop_id, thread_id=thread.ident or 0, thread_name=thread.name,
-            start_ns=start_ns, end_ns=now_ns, sample_key=sample_key,
-            duration_source="heartbeat", task=None, coroutine=None, callback=None,
+            loop_id=record.loop_id, thread_id=ident, thread_name=thread_name,
+            start_ns=start_ns, end_ns=now_ns, sample_key=sample_key, in_progress=in_progress,
+            duration_source=source, task=None, coroutine=None, callback=None,
             fallback_site=None, fallback_source="unknown", trace_id=None, span_id=None,
             probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
-            sched_end=_sched_now(now_ns) if self.watchdog.sampled(sample_key) else None))
+            threshold_ns=self.options.threshold_ns, sched_before=before, sched_inside=inside,
+            sched_end=self.sched.read(ident)))
 
     # -- faults and housekeeping
 
@@ -464,6 +527,8 @@ class Tracer:
         if self.probes is not None:
             self.probes.buffer.forget_threads(alive)
         self.gc_watch.forget_threads(alive)
+        self.sched.forget_threads(alive)
+        self.nested.forget_threads(alive)
 
     def step_ring(self) -> Callable[[Any], list[tuple[int, int, int]]] | None:
         hook = self.step_hook
@@ -484,9 +549,17 @@ def _guarded(callback: Callable[..., None], hook: str,
     return call
 
 
-def _sched_now(end_ns: int) -> tuple[int, int, int] | None:
-    reading = schedstat.of_this_thread()
-    return (end_ns, *reading) if reading is not None else None
+def _heartbeat_start(free_ns: int, now_ns: int,
+                     probe_calls: list[Any]) -> tuple[int, DurationSource]:
+    """Where a block found by the heartbeat began: at the first call of a probed function
+    whose calls explain at least half of it, else when the loop was last known free."""
+    by_call: dict[str, int] = {}
+    for call in probe_calls:
+        by_call[call.call] = by_call.get(call.call, 0) + call.duration_ns
+    explaining = [c for c in probe_calls if by_call[c.call] * 2 >= now_ns - free_ns]
+    if explaining:
+        return max(free_ns, min(c.start_ns for c in explaining)), "heartbeat+probe"
+    return free_ns, "heartbeat"
 
 
 def _callback_location(callback: Any) -> CodeLocation | None:

@@ -43,13 +43,15 @@ class Watchdog:
     def __init__(self, *, step_hook: Any, heartbeats: Callable[[], list[Any]],
                  on_block: Callable[[Any], None], on_fault: Callable[[str, BaseException], None],
                  housekeeping: Callable[[], None], codemap: CodeMap, threshold_ns: int,
-                 sample_interval_ns: int, native: NativeFeed | None = None) -> None:
+                 sample_interval_ns: int, native: NativeFeed | None = None,
+                 sched: schedstat.SchedHistory | None = None) -> None:
         self._step_hook = step_hook
         self._heartbeats = heartbeats
         self._on_block = on_block
         self._on_fault = on_fault
         self._housekeeping = housekeeping
         self._codemap = codemap
+        self._sched = sched
         self._arm_ns = max(threshold_ns // 4, 1)
         self._poll_ns = min(max(threshold_ns // 4, _MIN_POLL_NS), _MAX_POLL_NS)
         self._sample_ns = max(sample_interval_ns, _MIN_WAIT_NS)
@@ -171,14 +173,17 @@ class Watchdog:
         # timed loops, (heartbeat key, beat number) for heartbeat loops.
         running: list[tuple[tuple[object, int], int, int, Any, Any]] = []
         current: dict[object, int] = {}
-        for slot in self._step_hook.slots():
+        slots = self._step_hook.slots()
+        heartbeats = self._heartbeats()
+        self._note_sched(slots, heartbeats)
+        for slot in slots:
             seq = slot.seq
             current[slot.thread_id] = seq
             handle = slot.handle
             start = slot.start_ns
             if handle is not None and slot.seq == seq:  # re-read: no step change in between
                 running.append(((slot.thread_id, seq), slot.thread_id, start, handle, None))
-        for heartbeat in self._heartbeats():
+        for heartbeat in heartbeats:
             current[heartbeat.key] = heartbeat.beats
             due = heartbeat.due_ns()
             if due is not None and heartbeat.thread_id is not None:
@@ -223,6 +228,18 @@ class Watchdog:
         del frames
         return wait
 
+    def _note_sched(self, slots: list[Any], heartbeats: list[Any]) -> None:
+        """Read the CPU figures of loop threads whose step counter moved, so that a block's
+        start is bracketed by a reading before it and one inside it."""
+        sched = self._sched
+        if sched is None:
+            return
+        for slot in slots:
+            sched.note(slot.thread_id, slot.seq)
+        for heartbeat in heartbeats:
+            if heartbeat.thread_id is not None:
+                sched.note(heartbeat.thread_id, heartbeat.beats)
+
     def sampled(self, key: tuple[object, int]) -> bool:
         """Whether the step ``key`` was sampled (so far). The native sampler samples every
         long step it times; its samples may not be collected yet."""
@@ -249,7 +266,7 @@ class Watchdog:
                 task = None
         ctx = getattr(handle, "_context", None) if handle is not None else None
         if ctx is None and task is not None:
-            ctx = getattr(task, "_context", None)
+            ctx = _task_context(task)
         span = context.span_ids(ctx) if ctx is not None else None
         return task, coroutine_name(task) if task is not None else None, span
 
@@ -263,3 +280,17 @@ class Watchdog:
             if reading is not None:
                 samples.sched = (now_ns(), *reading)
         samples.add(site, callee, stack, task, coroutine, span)
+
+
+def _task_context(task: Any) -> Any:
+    """A task's context: ``_context`` on asyncio's Python task, ``get_context()`` on the C
+    task (3.12+; uvloop runs C tasks and has no handle to read it from)."""
+    ctx = getattr(task, "_context", None)
+    if ctx is None:
+        get_context = getattr(task, "get_context", None)
+        if get_context is not None:
+            try:
+                ctx = get_context()
+            except Exception:  # a task subclass may misbehave: no span then
+                ctx = None
+    return ctx
