@@ -298,8 +298,10 @@ def test_block_under_uvloop_is_found_by_the_heartbeat() -> None:
     assert loop.kind == "uvloop.Loop"
     assert "steps" in loop.missing and "select-waits" in loop.missing
     assert loop.lag_ms.source == "heartbeat"
-    blocks = sorted(session.blocks, key=lambda b: b.start_ms)
-    assert len(blocks) == 2, blocks
+    # A loaded machine may starve the loop between them: such a block is named so.
+    blocks = sorted((b for b in session.blocks if b.call != CPU_STARVED),
+                    key=lambda b: b.start_ms)
+    assert len(blocks) == 2, session.blocks
     sleep_block, cpu_block = blocks
     assert sleep_block.duration_source == "heartbeat+probe"
     assert sleep_block.kind == "blocking-call" and sleep_block.call == "time.sleep"
@@ -346,9 +348,12 @@ def test_many_short_steps_in_one_iteration_are_saturation_not_a_hotspot(
     assert [h for h in session.hotspots
             if not (h.call or "").startswith(("gc.collect", CPU_STARVED))] == []
     (loop,) = session.loops
-    assert loop.saturated_iterations >= 1
     assert loop.long_iterations >= 1
-    assert all(b.call and b.call.startswith("gc.collect") for b in session.blocks)
+    # Every long iteration is saturation, unless a step in it was itself stopped past the
+    # threshold (a collection, or preempted on a loaded machine: a block, named so).
+    assert loop.saturated_iterations >= 1 or session.blocks
+    assert all(b.call and b.call.startswith(("gc.collect", CPU_STARVED))
+               for b in session.blocks)
 
 
 def test_block_in_an_eager_task_is_attributed_to_that_task() -> None:
