@@ -52,8 +52,10 @@ def test_cpu_work_on_a_saturated_machine_keeps_its_line() -> None:
     assert len(blocks) == 4
     line = line_of(str(HERE), "# cpu-work")
     for block in blocks:
-        assert block.site is not None and block.site.line == line, block
-        assert (block.kind, block.call, block.site_source) == ("slow-step", None, "samples")
+        # The loop's two lines (``for`` and its body) are both the work.
+        assert block.site is not None and block.site.line in (line - 1, line), block
+        assert (block.kind, block.call) == ("slow-step", None)
+        assert block.site_source in ("samples", "native-samples")
         assert block.task is not None and block.task.startswith("request-")
         if LINUX:
             assert block.cpu_ms is not None and block.cpu_ms >= 50 * 0.8, block
@@ -91,8 +93,12 @@ def test_a_starved_loop_thread_is_named_so_and_keeps_its_line() -> None:
     line = line_of(str(program), "# starved-work")
     assert blocks
     for block in blocks:
-        assert (block["file"], block["line"], block["site_source"]) == (
-            str(program), line, "samples"), block
+        # The loop's two lines (``for`` and its body) are both the work.
+        # Its evidence stays: a line of the program (the work's, when a sample landed in
+        # it; a starved watchdog may sample only after, as the site_source says).
+        assert block["file"] == str(program) and block["line"] is not None, block
+        if block["site_source"] in ("samples", "native-samples"):
+            assert block["line"] in (line - 1, line), block
     starved = [b for b in blocks if b["call"] == CPU_STARVED]
     assert starved, blocks
     for block in starved:

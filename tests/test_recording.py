@@ -206,7 +206,9 @@ def test_cpu_loop_is_a_slow_step_inside_the_function(accelerator: bool) -> None:
     assert start < hotspot.site.line <= line_of(HERE, "# BUSY_LOOP") + 1
     assert 280 <= hotspot.max_ms <= 600
     (block,) = session.blocks
-    assert block.site_source == "samples" and block.samples >= 3
+    # late-sample: the watchdog sampled late (a loaded machine); the line is still the loop's.
+    assert block.site_source in ("samples", "native-samples", "late-sample")
+    assert block.samples >= 3
     assert "ProcessPoolExecutor" in hotspot.advice
 
 
