@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import looptrace
 
@@ -35,6 +36,7 @@ def run(blocks: int, iterations: int) -> None:
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         os.sched_setaffinity(competitor.pid, {cpu})
+        time.sleep(0.5)  # until the competitor spins (its interpreter starts first)
         with looptrace.installed(threshold_ms=50) as tracing:  # watchdog starts first
             os.sched_setaffinity(0, {cpu})  # this thread only (Linux)
             os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only (Linux)
