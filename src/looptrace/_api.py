@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import analysis
+from . import _outputs, _sigterm, _subprocesses, analysis
 from ._clock import epoch_offset_ns
-from ._config import Options, resolve
+from ._config import OUTPUT_OPTIONS, Options, resolve
 from ._dispatch import Dispatcher
 from ._hooks.tracer import Tracer
 from ._recorder import Recorder
@@ -49,6 +49,8 @@ class _Installation:
         self.tracer = Tracer(options, self.recorder)
         self.sinks: list[LiveSink] = []
         self.dispatcher: Dispatcher[BlockEvent] | None = None
+        self.role = _subprocesses.Role()
+        self.release_sigterm: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         try:
@@ -66,6 +68,9 @@ class _Installation:
                 for sink in self.sinks:
                     self.dispatcher.add(sink.name, sink.on_block)
                 recorder.publish = self.dispatcher.publish
+            self.role = _subprocesses.start(self.options)
+            if self.role.directory is not None or _writes_at_stop(self.options):
+                self.release_sigterm = _sigterm.report_on_sigterm(_at_exit)
         except BaseException:
             self.tracer.stop()
             raise
@@ -89,6 +94,7 @@ class _Installation:
         return dataclasses.replace(session, sources=fingerprints(sorted(files)))
 
     def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
+        self.release_sigterm()
         self.tracer.stop()
         dispatcher = self.dispatcher
         if dispatcher is not None:
@@ -100,15 +106,33 @@ class _Installation:
             except Exception as exc:
                 logger.warning("looptrace: closing %s failed: %s: %s", sink.name,
                                type(exc).__name__, exc)
-        if not self.sinks:
+        if self.sinks:
+            # What the sinks could not deliver while closing (spans) joins ``dropped``.
+            session = dataclasses.replace(session, dropped=self.snapshot().dropped)
+        return self._leave(session)
+
+    def _leave(self, session: Session) -> Session:
+        """Write what the options ask for; a child of a traced process leaves its report
+        to the root, which combines them (the returned report is the combined one)."""
+        options = self.options
+        if self.role.child:
+            _subprocesses.leave_report(self.role, session)
+            _outputs.write_reports(session, options, shared=False)
             return session
-        # What the sinks could not deliver while closing (spans) joins ``dropped``.
-        return dataclasses.replace(session, dropped=self.snapshot().dropped)
+        session, lines = _subprocesses.combine(self.role, session, options.max_blocks)
+        _outputs.write_reports(session, options, shared=True)
+        if options.summary:
+            _outputs.print_summary(session, lines)
+        return session
 
     def abandon(self) -> None:
         """In a forked child: switch every hook off without taking any lock (a lock held by
         a thread of the parent at fork time would never be released here)."""
         self.tracer.abandon()
+
+
+def _writes_at_stop(options: Options) -> bool:
+    return options.summary or any(getattr(options, name) for name in OUTPUT_OPTIONS)
 
 
 def _live_sinks(options: Options, inputs: SinkInputs) -> list[LiveSink]:
@@ -159,15 +183,19 @@ def install(**options: Any) -> None:
                 logger.warning("looptrace: already installed with other options; call "
                                "looptrace.uninstall() first to change them")
             return
-        installation = _Installation(resolved, dict(options))
-        installation.start()
-        _current = installation
+        _current = _start(resolved, dict(options))
         if not _atexit_registered:
             atexit.register(_at_exit)
             _register_before_thread_shutdown(_before_thread_shutdown)
             if hasattr(os, "register_at_fork"):
                 os.register_at_fork(after_in_child=_after_fork_in_child)
             _atexit_registered = True
+
+
+def _start(options: Options, explicit: dict[str, Any]) -> _Installation:
+    installation = _Installation(options, explicit)
+    installation.start()
+    return installation
 
 
 def uninstall() -> Session | None:
@@ -294,9 +322,20 @@ def _before_thread_shutdown() -> None:
 
 
 def _after_fork_in_child() -> None:
+    """Drop the parent's recording; with ``subprocesses`` on, record this child afresh
+    with the same options (see :mod:`looptrace._subprocesses`)."""
     global _current, _lock
     _lock = threading.RLock()
     installation = _current
     _current = None
-    if installation is not None:
-        installation.abandon()
+    if installation is None:
+        return
+    installation.abandon()
+    if not installation.options.subprocesses:
+        return
+    try:
+        _current = _start(installation.options, installation.explicit)
+        _subprocesses.register_multiprocessing_exit(_at_exit)
+    except Exception as exc:  # the child runs on untraced rather than not at all
+        logger.warning("looptrace: cannot trace forked process %d: %s: %s", os.getpid(),
+                       type(exc).__name__, exc)

@@ -1,7 +1,9 @@
 """Several reports as one: the pytest plugin records each test on its own and writes the
-run's report from all of them.
+run's report from all of them; a traced service's root process combines its workers'
+reports; ``looptrace report a.json b.json`` combines saved ones.
 
-Loops stay as they were recorded (renumbered, and their blocks and timelines with them);
+Loops stay as they were recorded (renumbered, and their blocks and timelines with them;
+named after their process when reports come from several processes);
 hotspots and the per-task table are summed over reports; block and timeline times are
 moved onto the first report's clock. Everything stays bounded: the individual blocks keep
 the most recent ``max_blocks``, timelines at most ``max_timeline`` entries in all (the
@@ -94,6 +96,14 @@ def _weighted_median(values: list[tuple[float, int]]) -> float:
     return ordered[-1][0] if ordered else 0.0
 
 
+def _labelled(session: Session, prefix: str) -> Session:
+    return replace(
+        session,
+        loops=tuple(replace(loop, thread=prefix + loop.thread) for loop in session.loops),
+        blocks=tuple(replace(block, thread=prefix + block.thread) for block in session.blocks),
+        hotspots=tuple(replace(h, thread=prefix + h.thread) for h in session.hotspots))
+
+
 class Combined:
     """Adds reports one at a time; :meth:`session` is the combined report so far."""
 
@@ -118,7 +128,12 @@ class Combined:
         self._probes = 0
         self.reports = 0
 
-    def add(self, session: Session) -> None:
+    def add(self, session: Session, *, process: int | None = None) -> None:
+        """Add one report; ``process`` (a pid) names its loops' threads ``pid N: thread``
+        so that the loops, blocks and hotspots of several processes stay apart."""
+        self._add(session if process is None else _labelled(session, f"pid {process}: "))
+
+    def _add(self, session: Session) -> None:
         if self._first is None:
             self._first = session
         first = self._first

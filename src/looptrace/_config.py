@@ -37,6 +37,12 @@ class Options:
     otlp: bool | str = False
     log: LogTarget | None = None
     otel_spans: str = "blocks"
+    json: str | None = None
+    html: str | None = None
+    chrome_trace: str | None = None
+    jaeger_json: str | None = None
+    summary: bool = False
+    subprocesses: bool = False
 
     @property
     def threshold_ns(self) -> int:
@@ -90,6 +96,23 @@ def _parse_log(text: str) -> str | None:
     return value or None
 
 
+def _parse_path(text: str) -> str | None:
+    # Surrounding blanks are kept: a file name may have them. An empty value is "no file".
+    return text or None
+
+
+OUTPUT_OPTIONS = ("json", "html", "chrome_trace", "jaeger_json")
+"""The options that name a report file, in the order they are written."""
+
+COLLECT_VARIABLE = "LOOPTRACE_COLLECT"
+"""Internal, set by a traced process for the Python processes it starts: ``<pid>:<dir>``,
+the process that combines the reports and the directory where each child leaves its own.
+Not an option: nobody sets it by hand."""
+
+_PATH_DOC = ("`{pid}` in the path becomes the process id; a path ending with `/` (or an "
+             "existing directory) gets one `looptrace-<pid>` file per process.")
+
+
 ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("LOOPTRACE_THRESHOLD_MS", "threshold_ms", _parse_float,
            "A step that runs this long or longer is a block (milliseconds, default 100)."),
@@ -124,6 +147,22 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "OpenTelemetry spans to emit: `blocks` (default), or `blocks,loops` (plus a span "
            "per loop with its figures) or `blocks,loops,tasks` (plus a span per task, with "
            "its steps' busy time in full mode), sent when looptrace stops."),
+    EnvVar("LOOPTRACE_JSON", "json", _parse_path,
+           f"Write the JSON report here when looptrace stops. {_PATH_DOC}"),
+    EnvVar("LOOPTRACE_HTML", "html", _parse_path,
+           f"Write the HTML report here when looptrace stops. {_PATH_DOC}"),
+    EnvVar("LOOPTRACE_CHROME_TRACE", "chrome_trace", _parse_path,
+           f"Write a Chrome/Perfetto trace here when looptrace stops. {_PATH_DOC}"),
+    EnvVar("LOOPTRACE_JAEGER_JSON", "jaeger_json", _parse_path,
+           "Write a trace file for the Jaeger UI's JSON upload here when looptrace stops. "
+           f"{_PATH_DOC}"),
+    EnvVar("LOOPTRACE_SUMMARY", "summary", _parse_bool,
+           "Print the summary on stderr when looptrace stops (default off; on for "
+           "`looptrace run`)."),
+    EnvVar("LOOPTRACE_SUBPROCESSES", "subprocesses", _parse_bool,
+           "Trace the Python processes this one starts, forked, spawned or executed "
+           "(uvicorn/gunicorn workers, multiprocessing), with the same options; the first "
+           "process combines their reports (default off; on for `looptrace run`)."),
 )
 
 _OPTION_NAMES = tuple(f.name for f in fields(Options))
@@ -174,6 +213,15 @@ def _check_bool(name: str, value: object) -> None:
         raise TypeError(f"looptrace: {name} must be True or False, got {_shown(value)}")
 
 
+def _check_path(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"looptrace: {name} must be a path (str) or None, got {_shown(value)}")
+    if not value or "\0" in value:
+        raise ValueError(f"looptrace: {name} must be a file path, got {_shown(value)}")
+
+
 def validate(options: Options) -> Options:
     """Raise ``TypeError``/``ValueError`` naming the first bad option; return the options."""
     _check_number("threshold_ms", options.threshold_ms, low=0.001, high=_MAX_THRESHOLD_MS,
@@ -202,6 +250,10 @@ def validate(options: Options) -> Options:
         raise ValueError(
             f"looptrace: log must be None, 'stdlib' or 'structlog', got {_shown(options.log)}"
         )
+    for name in OUTPUT_OPTIONS:
+        _check_path(name, getattr(options, name))
+    _check_bool("summary", options.summary)
+    _check_bool("subprocesses", options.subprocesses)
     return options
 
 
@@ -219,6 +271,26 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError(f"looptrace: {var.name}={_shown(text)} is not valid: {exc}"
                              ) from None
     return found
+
+
+def _as_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def to_environment(options: Options) -> dict[str, str | None]:
+    """The ``LOOPTRACE_*`` variables that make :func:`resolve` give these options again in
+    a child process (``None``: the variable must be unset, the option is at its default)."""
+    defaults = Options()
+    environment: dict[str, str | None] = {}
+    for var in ENVIRONMENT:
+        value = getattr(options, var.option)
+        environment[var.name] = (None if value == getattr(defaults, var.option)
+                                 else _as_text(value))
+    return environment
 
 
 def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:

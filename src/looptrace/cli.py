@@ -3,7 +3,7 @@
     looptrace run [options] script.py [args...]     run a program under looptrace
     looptrace run [options] -m module [args...]     the same for ``python -m module``
     looptrace run [options] -c code [args...]       ... for ``python -c``, and ``-`` for stdin
-    looptrace report FILE [--format F] [-o OUT]     render a saved JSON report
+    looptrace report FILE... [--format F] [-o OUT]  render saved JSON reports (combined)
 
 looptrace's own options come before the program; everything from the program on is the
 program's (as with ``python -m cProfile``). The program runs as it would under ``python``
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import _exit, _runner
+from . import _exit, _outputs, _runner, _subprocesses
 from ._files import write_text
 from ._runner import Program
 from ._version import __version__
@@ -68,8 +68,13 @@ def _output_path(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty output path")
     path = os.path.abspath(text)
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    if text.endswith(("/", os.sep)) or os.path.isdir(path):
+        # A directory: one file per process in it (looptrace-<pid>.json), made if need be.
+        parent = path if os.path.isdir(path) else os.path.dirname(path)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write in {text!r}: no such directory, "
+                                             "or permission denied")
+        return path + os.sep
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {directory!r} "
@@ -120,10 +125,12 @@ def build_parser() -> _Parser:
                      help="export blocks as OpenTelemetry spans over OTLP/HTTP "
                           "(default endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)")
     run.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    run.add_argument("--no-subprocesses", action="store_true",
+                     help="do not trace the Python processes the program starts (workers)")
 
     report = commands.add_parser("report", help="render a saved JSON report",
                                  usage="looptrace report FILE [--format F] [-o OUT]")
-    report.add_argument("file", metavar="FILE")
+    report.add_argument("files", metavar="FILE", nargs="+")
     report.add_argument("--format", choices=tuple(RENDERERS), default="text")
     report.add_argument("-o", "--output", type=_output_path, metavar="OUT",
                         help="write here instead of standard output")
@@ -210,7 +217,7 @@ def _write_outputs(session: Session, ns: argparse.Namespace) -> int:
     failed = 0
     for option, fmt in FILE_OPTIONS:
         path = getattr(ns, option)
-        if path:
+        if path and not _outputs.per_process(path):
             try:
                 write_text(path, render(session, fmt))
             except (OSError, UsageError) as exc:
@@ -230,6 +237,15 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
         options["probes"] = False
     if ns.otlp is not None:
         options["otlp"] = ns.otlp
+    # `looptrace run` follows the program's workers unless told not to (flag or
+    # LOOPTRACE_SUBPROCESSES). A report path with {pid} or a directory is written by each
+    # process itself (see _outputs); other paths are written here, with the combined report.
+    if ns.no_subprocesses or "LOOPTRACE_SUBPROCESSES" not in os.environ:
+        options["subprocesses"] = not ns.no_subprocesses
+    for option, _ in FILE_OPTIONS:
+        path = getattr(ns, option)
+        if path and _outputs.per_process(path):
+            options[option] = path
     return options
 
 
@@ -256,6 +272,8 @@ def _report_writer(ns: argparse.Namespace, failures: list[int]) -> Callable[[], 
                 sys.stdout.flush()
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 sys.stderr.write("\n" + render(session, "text"))
+                notes = _subprocesses.LAST_PROCESS_LINES
+                sys.stderr.write("".join(f"\n{line}" for line in notes) + ("\n" if notes else ""))
                 sys.stderr.flush()
 
     return write
@@ -304,11 +322,27 @@ def run_command(ns: argparse.Namespace) -> int:
     return ending.status
 
 
+def _load_reports(paths: list[str]) -> Session:
+    """One report, or several combined (each process's loops kept apart by its pid)."""
+    sessions = []
+    for path in paths:
+        try:
+            sessions.append(Session.load(path))
+        except ReportError as exc:
+            raise UsageError(str(exc)) from None
+    if len(sessions) == 1:
+        return sessions[0]
+    from ._combine import Combined
+
+    combined = Combined(max_blocks=max(sum(len(s.blocks) for s in sessions), 1))
+    several_processes = len({s.pid for s in sessions}) > 1
+    for session in sessions:
+        combined.add(session, process=session.pid if several_processes else None)
+    return combined.session()
+
+
 def report_command(ns: argparse.Namespace) -> int:
-    try:
-        session = Session.load(ns.file)
-    except ReportError as exc:
-        raise UsageError(str(exc)) from None
+    session = _load_reports(ns.files)
     text = render(session, ns.format)
     if ns.output:
         try:

@@ -3,9 +3,16 @@
 A stack sampled from a blocked loop runs through asyncio, maybe a framework, the user's
 code, then a library or the standard library where the time is actually spent. The site
 of a block is the innermost frame of *user* code: not the standard library, not an
-installed package (site-packages), not looptrace. When a stack holds no user code at all
-(an application installed as a package), the innermost installed-package frame stands in,
-then any frame.
+installed package (site-packages), not looptrace. The full stack is kept beside it.
+
+Only the frames of the step count: those above the loop's own frames (``Handle._run``,
+``_run_once``, ``run_until_complete``, ``Runner.run``). Below them is whoever started the
+loop (``uvicorn/server.py``, the program's ``main``), which is never where a step blocked.
+A step with no user code at all (a framework serialising a response, an application
+installed as a package) is sited at its innermost installed-package frame, then its
+innermost frame; the user's frame that called the library is in the stack (and named by
+the callee when the library was called from user code). A sample that shows no frame of
+the step (taken as the step ended, the loop already back in its own code) has no site.
 
 Nothing here touches the file system: these functions run on the loop thread (the step
 hook's slow path, the probes) where a ``getcwd`` or ``stat`` is a blocking call, and tools
@@ -19,7 +26,8 @@ from __future__ import annotations
 import os
 import site
 import sysconfig
-from types import FrameType
+from asyncio import base_events, events, runners
+from types import CodeType, FrameType
 
 from looptrace.events import CodeLocation
 
@@ -98,6 +106,7 @@ class CodeMap:
         self._library = _prefixes(library)
         self._stdlib = _prefixes(stdlib)
         self._cache: dict[str, int] = {}
+        self.loop_codes = _loop_codes()
 
     def category(self, filename: str) -> int:
         found = self._cache.get(filename)
@@ -119,6 +128,15 @@ class CodeMap:
         if path.startswith(self._stdlib):
             return STDLIB
         return USER
+
+
+def _loop_codes() -> frozenset[CodeType]:
+    """The code of the frames that run a loop: everything above them is a step."""
+    loop = base_events.BaseEventLoop
+    functions = (events.Handle._run, getattr(loop, "_run_once", None), loop.run_forever,
+                 loop.run_until_complete, runners.Runner.run)
+    # A function replaced by C code (or missing on another version) has no __code__.
+    return frozenset(code for f in functions if (code := getattr(f, "__code__", None)))
 
 
 def location(frame: FrameType) -> CodeLocation:
@@ -146,14 +164,7 @@ def locate(frame: FrameType | None, codemap: CodeMap
         frames.append(current)
         current = current.f_back
     categories = [codemap.category(f.f_code.co_filename) for f in frames]
-    chosen = -1
-    for wanted in (USER, LIBRARY, STDLIB):
-        for index, category in enumerate(categories):
-            if category == wanted:
-                chosen = index
-                break
-        if chosen >= 0:
-            break
+    chosen = _site_index(frames, categories, codemap.loop_codes)
     site_location: CodeLocation | None = None
     callee: str | None = None
     if chosen >= 0:
@@ -163,3 +174,15 @@ def locate(frame: FrameType | None, codemap: CodeMap
     stack = tuple(location(f) for f, category in zip(reversed(frames), reversed(categories),
                                                      strict=True) if category != LOOPTRACE)
     return site_location, callee, stack
+
+
+def _site_index(frames: list[FrameType], categories: list[int],
+                loop_codes: frozenset[CodeType]) -> int:
+    """Index (innermost first) of the site's frame among the step's frames, or -1."""
+    step_end = next((i for i, f in enumerate(frames) if f.f_code in loop_codes), len(frames))
+    for wanted in (USER, LIBRARY, STDLIB):
+        for index in range(step_end):
+            if categories[index] == wanted:
+                return index
+    return -1
+
