@@ -69,7 +69,7 @@ class _Installation:
                     self.dispatcher.add(sink.name, sink.on_block)
                 recorder.publish = self.dispatcher.publish
             self.role = _subprocesses.start(self.options)
-            if self.role.directory is not None or _writes_at_stop(self.options):
+            if self.role.directory is not None or self.sinks or _writes_at_stop(self.options):
                 self.release_sigterm = _sigterm.report_on_sigterm(_at_exit)
         except BaseException:
             self.tracer.stop()
@@ -117,13 +117,13 @@ class _Installation:
         options = self.options
         if self.role.child:
             _subprocesses.leave_report(self.role, session)
-            _outputs.write_reports(session, options, shared=False)
+            _outputs.write_reports(options, session, None)
             return session
-        session, lines = _subprocesses.combine(self.role, session, options.max_blocks)
-        _outputs.write_reports(session, options, shared=True)
+        combined, lines = _subprocesses.combine(self.role, session, options.max_blocks)
+        _outputs.write_reports(options, session, combined)
         if options.summary:
-            _outputs.print_summary(session, lines)
-        return session
+            _outputs.print_summary(combined, lines)
+        return combined
 
     def abandon(self) -> None:
         """In a forked child: switch every hook off without taking any lock (a lock held by

@@ -84,13 +84,15 @@ def warn(message: str) -> None:
         sys.stderr.flush()
 
 
-def write_reports(session: Session, options: Options, *, shared: bool) -> list[str]:
-    """Write the files the options ask for: the per-process ones always, the shared ones
-    when ``shared`` (this process speaks for the whole run). Return the paths written."""
+def write_reports(options: Options, own: Session, shared: Session | None) -> list[str]:
+    """Write the files the options ask for: this process's own report at the per-process
+    paths, and ``shared`` (the whole run's report) at the others when this process speaks
+    for the run (else None). Return the paths written."""
     written = []
     for option in OUTPUT_OPTIONS:
         path = getattr(options, option)
-        if path is None or not (shared or per_process(path)):
+        session = own if path is not None and per_process(path) else shared
+        if path is None or session is None:
             continue
         target = expand(path, option, os.getpid())
         try:

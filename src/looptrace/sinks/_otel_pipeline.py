@@ -259,6 +259,12 @@ def _shutdown_exporter(exporter: SpanExporter) -> None:
         logger.debug("looptrace: exporter shutdown raised %s: %s", type(exc).__name__, exc)
 
 
+def _resource() -> Resource:
+    """The ``OTEL_*`` resource, plus this process's pid: each worker of a service exports
+    its own blocks, and its pid tells them apart (built again in a forked worker)."""
+    return Resource.create({"process.pid": os.getpid()})
+
+
 def build_tracer_provider(endpoint: str | None, on_drop: OnDrop
                           ) -> tuple[TracerProvider, BoundedSpanProcessor]:
     """A TracerProvider from the ``OTEL_*`` environment, exporting OTLP/HTTP protobuf to
@@ -271,7 +277,7 @@ def build_tracer_provider(endpoint: str | None, on_drop: OnDrop
         # Endpoint, headers, compression and TLS files also come from OTEL_EXPORTER_OTLP_*.
         return OTLPSpanExporter(endpoint=url, timeout=timeout_s)
 
-    provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
+    provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
     processor = BoundedSpanProcessor.from_environment(exporter(), on_drop, exporter)
     provider.add_span_processor(processor)
     return provider, processor
@@ -289,7 +295,7 @@ def build_meter_provider(endpoint: str | None, on_drop: OnDrop
                 if endpoint else OTLPMetricExporter())
     counting = CountingMetricExporter(exporter, on_drop)
     reader = PeriodicExportingMetricReader(counting)
-    provider = MeterProvider(metric_readers=[reader], resource=Resource.create(),
+    provider = MeterProvider(metric_readers=[reader], resource=_resource(),
                              shutdown_on_exit=False)
     return provider, counting
 
