@@ -246,3 +246,23 @@ def test_looptrace_run_tells_the_async_blocking_story() -> None:
     assert "Hotspots (by total time)\n  1. blocking-call  http.client.HTTPResponse.read\n" \
         f"     at demos/async_blocking.py:{read_line} in download_blocking\n" in summary
     assert "\n  2. " not in summary, summary
+
+
+def test_fastapi_workers_blocks_of_every_worker_are_in_one_report() -> None:
+    """uvicorn --workers 2 under looptrace run, stopped with SIGTERM: both workers served
+    /checkout, and every /checkout blocked its worker's loop at render_receipt's line, in
+    the combined report, with every process traced and none lost."""
+    fastapi_workers = demo("fastapi_workers")
+    result = fastapi_workers.run(quick=True)
+    assert len(result.answered_by) == 2, result.answered_by
+    service = demo("fastapi_service")
+    line = line_of(service, "BLOCKS")
+    blocks = [b for b in result.report["blocks"] if b["site"]
+              and (b["site"]["file"], b["site"]["line"]) == (service.__file__, line)]
+    assert len(blocks) == sum(result.answered_by.values())
+    assert {b["thread"].split(":")[0] for b in blocks} == {
+        f"pid {pid}" for pid in result.answered_by}
+    assert all(b["call"] == "time.sleep" for b in blocks)
+    verdict = fastapi_workers.verdict(result)
+    assert f"at line {line} in render_receipt, in 2 of 2 workers" in verdict[0]
+    assert "looptrace: 3 processes traced" in verdict

@@ -97,6 +97,8 @@ def _weighted_median(values: list[tuple[float, int]]) -> float:
 
 
 def _labelled(session: Session, prefix: str) -> Session:
+    if any(loop.thread.startswith("pid ") for loop in session.loops):
+        return session  # already a combined report: its loops are named by process
     return replace(
         session,
         loops=tuple(replace(loop, thread=prefix + loop.thread) for loop in session.loops),
