@@ -64,7 +64,10 @@ def _start(port: int, report: Path) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "looptrace", "run", "--threshold-ms", "50",
                "--json", str(report), "-m", "uvicorn", "fastapi_service:app",
                "--app-dir", str(HERE), "--workers", "2", "--port", str(port),
-               "--log-level", "warning"]
+               "--log-level", "warning",
+               # uvicorn kills a worker that does not answer its health check in 5 s: a
+               # worker still importing FastAPI on a busy machine would be one.
+               "--timeout-worker-healthcheck", "60"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + _START_TIMEOUT_S

@@ -114,7 +114,8 @@ def test_uvicorn_workers(tmp_path: Path, loop: str) -> None:
     the bootstrap directory; uvicorn's master stops them on SIGTERM."""
     port = _free_port()
     served = serve_and_block(["-m", "uvicorn", "fastapi_app:app", "--workers", "2",
-                              "--loop", loop, "--port", str(port), "--log-level", "warning"],
+                              "--loop", loop, "--port", str(port), "--log-level", "warning",
+                              "--timeout-worker-healthcheck", "60"],
                              port, tmp_path)
     assert served.status == 0, served.stderr
     check_every_worker(served, "fastapi_app.py")

@@ -52,7 +52,8 @@ def _start(service: str, jaeger: Jaeger, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "looptrace", "run", "--threshold-ms", "50", "--otlp",
          jaeger.otlp_endpoint, "-m", "uvicorn", "otel_fastapi_app:app", "--workers", "2",
-         "--port", str(port), "--log-level", "warning"], cwd=APPS, env=env,
+         "--port", str(port), "--log-level", "warning", "--timeout-worker-healthcheck", "60"],
+        cwd=APPS, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
