@@ -68,13 +68,8 @@ def _output_path(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty output path")
     path = os.path.abspath(text)
-    if text.endswith(("/", os.sep)) or os.path.isdir(path):
-        # A directory: one file per process in it (looptrace-<pid>.json), made if need be.
-        parent = path if os.path.isdir(path) else os.path.dirname(path)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise argparse.ArgumentTypeError(f"cannot write in {text!r}: no such directory, "
-                                             "or permission denied")
-        return path + os.sep
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {directory!r} "

@@ -107,6 +107,8 @@ class CodeMap:
         self._stdlib = _prefixes(stdlib)
         self._cache: dict[str, int] = {}
         self.loop_codes = _loop_codes()
+        # The same frames as the native sampler sees them: (file, qualified name).
+        self.loop_names = frozenset((c.co_filename, c.co_qualname) for c in self.loop_codes)
 
     def category(self, filename: str) -> int:
         found = self._cache.get(filename)

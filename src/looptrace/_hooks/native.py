@@ -157,9 +157,13 @@ class Resolver:
             path = filename if filename.startswith("<") else os.path.abspath(filename)
             frames.append((CodeLocation(path, line, qualname), filename, where))
         categories = [self._codemap.category(filename) for _, filename, _ in frames]
+        # Only the step's frames, above the loop's own (see frames.py): never the frame
+        # that started the loop.
+        loop_names = self._codemap.loop_names
+        step_end = next((i for i, (loc, filename, _) in enumerate(frames)
+                         if (filename, loc.function) in loop_names), len(frames))
         chosen = next((index for wanted in (USER, LIBRARY, STDLIB)
-                       for index, category in enumerate(categories) if category == wanted),
-                      -1)
+                       for index in range(step_end) if categories[index] == wanted), -1)
         stack = tuple(loc for (loc, _, _), category in zip(reversed(frames),
                                                            reversed(categories), strict=True)
                       if category != LOOPTRACE)
