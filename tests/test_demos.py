@@ -264,5 +264,6 @@ def test_fastapi_workers_blocks_of_every_worker_are_in_one_report() -> None:
         f"pid {pid}" for pid in result.answered_by}
     assert all(b["call"] == "time.sleep" for b in blocks)
     verdict = fastapi_workers.verdict(result)
-    assert f"at line {line} in render_receipt, in 2 of 2 workers" in verdict[0]
+    # (A worker importing FastAPI on a busy machine may add an import block: another line.)
+    assert any(f"at line {line} in render_receipt, in 2 of 2 workers" in v for v in verdict)
     assert "looptrace: 3 processes traced" in verdict
