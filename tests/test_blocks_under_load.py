@@ -93,12 +93,18 @@ def test_a_starved_loop_thread_is_named_so_and_keeps_its_line() -> None:
     line = line_of(str(program), "# starved-work")
     assert blocks
     for block in blocks:
+        if block["file"] != str(program):
+            # asyncio's own steps (closing the loop, shutting down its generators) are
+            # starved too: no line of the program ran in them, and the verdict says why.
+            assert block["call"] == CPU_STARVED and block["cpu_ms"] < 50, block
+            continue
         # The loop's two lines (``for`` and its body) are both the work.
         # Its evidence stays: a line of the program (the work's, when a sample landed in
         # it; a starved watchdog may sample only after, as the site_source says).
-        assert block["file"] == str(program) and block["line"] is not None, block
+        assert block["line"] is not None, block
         if block["site_source"] in ("samples", "native-samples"):
             assert block["line"] in (line - 1, line), block
+    assert any(block["file"] == str(program) for block in blocks), blocks
     starved = [b for b in blocks if b["call"] == CPU_STARVED]
     assert starved, blocks
     for block in starved:

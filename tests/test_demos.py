@@ -120,7 +120,12 @@ def test_busy_wait_burns_cpu_and_select_does_not() -> None:
     assert busy_cost.polls >= 100 * select_cost.polls
     assert select_cost.polls == count
 
-    assert_blocks_at(busy, busy_wait_vs_select, "receive_busy_waiting", "BUSY", None, 1)
+    # The native sampler names what the line was running (``sock.recv``, over and over);
+    # the Python watchdog cannot see into C and names nothing. Either way a slow step.
+    calls = {block.call for block in busy.blocks}
+    assert calls <= {None, "sock.recv"}, calls
+    assert_blocks_at(busy, busy_wait_vs_select, "receive_busy_waiting", "BUSY",
+                     calls.pop(), 1)
     assert busy.blocks[0].kind == "slow-step"
     assert_blocks_at(selecting, busy_wait_vs_select, "receive_with_select", "SELECT",
                      "select.select", 1)

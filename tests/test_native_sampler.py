@@ -134,15 +134,15 @@ def test_a_block_in_c_code_gets_its_exact_line_and_call(name: str) -> None:
     work, calls = PATTERNS[name]
     session = record(work)
     blocks = at_line(session, name)
-    if not blocks and all(b.site_source == "cpu" for b in session.blocks or ()):
-        # Before issue 10 item 1 (blocks.py, the other half of the issue), a block of a
-        # loop thread starved of CPU lost its line to `cpu.run_queue`; since, it keeps it.
-        assert any(b.call == "cpu.run_queue" for b in session.blocks or ())
-        return
     assert blocks, [(b.kind, b.site, b.site_source) for b in session.blocks or ()]
     block = max(blocks, key=lambda b: b.duration_ms)
     assert block.site_source == "native-samples"
-    assert block.call in calls or block.call == "cpu.run_queue", block
+    if block.call == "cpu.run_queue":
+        # A loop thread starved of CPU on a busy machine: the cause is the headline, the
+        # line stays (DESIGN.md 3); the thread's own CPU time says it was starved.
+        assert block.cpu_ms is not None and block.cpu_ms < block.duration_ms / 2, block
+        return
+    assert block.call in calls, block
     assert block.call_source in ("call-expression", "python-frame", "resolved")
 
 

@@ -24,7 +24,9 @@ SEAMS: dict[str, tuple[str, str]] = {
     "steps-callback": ("looptrace._hooks.tracer", "Tracer.on_long_step"),
     # inside the long-step handling
     "steps-internal": ("looptrace._hooks.tracer", "task_of"),
-    "watchdog-sampling": ("looptrace._hooks.watchdog", "locate"),
+    # where every sample of a long step is kept, the watchdog's own and the native
+    # sampler's alike
+    "watchdog-sampling": ("looptrace._hooks.watchdog", "Watchdog._record"),
     "watchdog-blocks": ("looptrace._hooks.watchdog", "build_block"),
     "probes": ("looptrace._hooks.probes", "ProbeBuffer.record"),
     # the factory of a live sink: a replacement returns a looptrace.sinks.LiveSink

@@ -60,9 +60,15 @@ RULES: tuple[Rule, ...] = (
     Rule(_call_starts("builtins.input"), "read input with `await asyncio.to_thread(input)`"),
     Rule(_call_starts("os.read"),
          "read files and pipes with `await asyncio.to_thread(...)` or `loop.connect_read_pipe`"),
+    # A call named by the samples, not by a probe: the samples show the line ran it, not
+    # whether it waited or computed, nor whether it kept the GIL (sorted, re, json do;
+    # hashlib, zlib and I/O release it), so the advice covers both.
     Rule(lambda kind, call: kind == "slow-step" and call is not None,
-         "the loop waits for a synchronous call: run it with `await asyncio.to_thread(...)`, "
-         "or use an async library"),
+         "the loop thread was in this call (computing or waiting): if it waits for I/O or "
+         "releases the GIL (hashlib, zlib, file and socket calls), `await "
+         "asyncio.to_thread(...)` frees the loop; if it keeps the GIL (pure Python, sorted, "
+         "re, json, pickle), run it in a ProcessPoolExecutor, or split it and "
+         "`await asyncio.sleep(0)` between chunks"),
     Rule(lambda kind, call: kind == "slow-step",
          "CPU-bound or unprobed blocking work runs on the loop thread: move it to "
          "`asyncio.to_thread` (I/O, GIL-releasing code) or a ProcessPoolExecutor (pure-Python "

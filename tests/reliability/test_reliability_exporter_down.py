@@ -136,6 +136,7 @@ def test_a_slow_collector_holds_no_memory_and_no_exit(collector: str) -> None:
     samples = []
     gc.collect()
     start = _rss_mb()
+    began = time.perf_counter()
     for i in range(100_000):
         listener(Block(loop_id=1, thread_id=1, thread_name="MainThread",
                        start_ns=time.perf_counter_ns(), duration_ns=20_000_000,
@@ -154,4 +155,7 @@ def test_a_slow_collector_holds_no_memory_and_no_exit(collector: str) -> None:
     assert samples[-1] - start < 40, f"{samples[-1] - start:.1f} MB for a bounded queue"
     assert samples[-1] - samples[1] < 5, f"memory grew from 50k to 100k spans: {samples}"
     assert closing < 1.5, f"close() took {closing:.2f} s"
-    assert 100_000 - 512 <= dropped <= 100_000  # at most one batch was on the wire
+    # Each answer takes 5 s: one batch per 5 s may have been delivered (a slow machine
+    # takes that long to end 100,000 spans), and at most one batch was on the wire.
+    answered = int((time.perf_counter() - began) // 5)
+    assert 100_000 - 512 * (answered + 1) <= dropped <= 100_000, (dropped, answered)

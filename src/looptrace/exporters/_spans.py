@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from looptrace.events import CodeLocation
 from looptrace.session import BlockEvent, LoopSummary, Session, TaskSummary
 
-AttributeValue = str | bool | int | float
+AttributeValue = str | bool | int | float | tuple[str, ...]
 Attributes = dict[str, AttributeValue]
 
 SCOPE_NAME = "looptrace"
@@ -49,7 +49,7 @@ def format_stacktrace(stack: tuple[CodeLocation, ...]) -> str:
 def block_attributes(event: BlockEvent) -> Attributes:
     """The attributes of one block's span, live or from a file: OpenTelemetry's ``code.*``
     and ``thread.*`` names where they exist, ``looptrace.*`` for the rest. Absent values
-    are left out, and so are causes that took no time (``gc_ms``, ``cpu_wait_ms``)."""
+    are left out, and so are causes that took no time (see :func:`evidence_fields`)."""
     attributes: Attributes = {}
     site = event.site
     if site is not None:
@@ -71,11 +71,31 @@ def block_attributes(event: BlockEvent) -> Attributes:
     attributes["looptrace.site_source"] = event.site_source
     attributes["looptrace.samples"] = event.samples
     attributes["looptrace.loop.id"] = event.loop
-    if event.gc_ms:
-        attributes["looptrace.gc_ms"] = event.gc_ms
-    if event.cpu_wait_ms:
-        attributes["looptrace.cpu_wait_ms"] = event.cpu_wait_ms
+    attributes.update({f"looptrace.{name}": value
+                       for name, value in evidence_fields(event).items()})
     return attributes
+
+
+def evidence_fields(event: BlockEvent) -> dict[str, str | float | bool | tuple[str, ...]]:
+    """What a block's evidence adds beside its site and call (how the call was known, the
+    CPU and GIL figures, the causes, a block still running at stop), under the names the
+    JSON report uses. Values that say nothing are left out: a cause that took no time, no
+    GIL holder, a block that ended. One list for every output (spans, log events, the
+    Perfetto trace), so that none of them lags behind the report."""
+    site = event.gil_holder_site
+    fields: dict[str, str | float | bool | tuple[str, ...] | None] = {
+        "call_source": event.call_source,
+        "gc_ms": event.gc_ms or None,
+        "cpu_wait_ms": event.cpu_wait_ms or None,
+        "cpu_ms": event.cpu_ms,
+        "causes": event.causes or None,
+        "in_progress": event.in_progress or None,
+        "gil_wait_ms": event.gil_wait_ms or None,
+        "gil_holder": event.gil_holder,
+        "gil_holder_call": event.gil_holder_call,
+        "gil_holder_site": f"{site.file}:{site.line}" if site is not None else None,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)

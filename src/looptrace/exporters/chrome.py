@@ -26,6 +26,7 @@ from typing import Any
 
 from looptrace.session import BlockEvent, Owner, Session
 
+from ._spans import evidence_fields
 from .text import short_path
 
 _LOOP_TID_BASE = 1
@@ -78,6 +79,7 @@ def _block_args(block: BlockEvent) -> dict[str, Any]:
         "call": block.call,
         "site": str(block.site) if block.site is not None else None,
         "site_source": block.site_source,
+        "samples": block.samples,
         "task": block.task,
         "coroutine": block.coroutine,
         "callback": block.callback,
@@ -86,9 +88,8 @@ def _block_args(block: BlockEvent) -> dict[str, Any]:
     if block.trace_id is not None:
         args["trace_id"] = block.trace_id
         args["span_id"] = block.span_id
-    # Causes beside the evidence, when they took any of the block.
-    args["gc_ms"] = block.gc_ms or None
-    args["cpu_wait_ms"] = block.cpu_wait_ms or None
+    # Causes and figures beside the evidence, when they say something.
+    args.update(evidence_fields(block))
     return {k: v for k, v in args.items() if v is not None}
 
 

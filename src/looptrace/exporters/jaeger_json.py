@@ -40,6 +40,9 @@ def _tag(key: str, value: object) -> dict[str, Any]:
         kind = "int64"
     elif isinstance(value, float):
         kind = "float64"
+    elif isinstance(value, tuple):
+        # As Jaeger shows an OTLP array attribute: its JSON text.
+        kind, value = "string", json.dumps(list(value))
     else:
         kind, value = "string", str(value)
     return {"key": key, "type": kind, "value": value}

@@ -59,9 +59,12 @@ class _ExporterTrouble(logging.Filter):
         super().__init__()
         self._threads = threads
         self.first: str | None = None
+        self.closing_thread: int | None = None
+        """The thread that runs the last flush itself (no thread can start at shutdown)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (record.threadName or "").startswith(self._threads):
+        if not ((record.threadName or "").startswith(self._threads)
+                or record.thread == self.closing_thread):
             return True
         if self.first is None and record.levelno >= logging.WARNING:
             self.first = record.getMessage()
@@ -216,7 +219,17 @@ class OtelSink:
         deadline = time.monotonic() + timeout_s
         worker = threading.Thread(target=self._shutdown, args=(deadline,),
                                   name="looptrace-otel-close", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:
+            # The interpreter is finalising (Python 3.12 refuses new threads from the
+            # start of its shutdown, before atexit): finish here, bounded all the same
+            # (the last exports use exporters whose timeouts fit the deadline).
+            if not _on_loop_thread():
+                if self._span_trouble is not None:
+                    self._span_trouble.closing_thread = threading.get_ident()
+                self._shutdown(deadline)
+            return
         if not _on_loop_thread():
             worker.join(max(deadline - time.monotonic(), 0.0))
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from looptrace._config import Options
+from looptrace.exporters._spans import evidence_fields
 from looptrace.session import BlockEvent
 
 from . import LiveSink
@@ -29,8 +30,8 @@ EVENT = "looptrace.block"
 def block_fields(event: BlockEvent) -> dict[str, Any]:
     """The event's fields. ``site``, ``call``, ``duration_ms`` and ``task`` are always there
     (``None`` when unknown); ``trace_id``/``span_id`` (lowercase hex, as OpenTelemetry
-    writes them) only when a valid span was current in the blocked code; ``gc_ms`` and
-    ``cpu_wait_ms`` only when that cause took any of the block."""
+    writes them) only when a valid span was current in the blocked code; the evidence
+    (``cpu_ms``, ``gc_ms``, ``causes``, the GIL holder...) only when it says something."""
     site = event.site
     fields: dict[str, Any] = {
         "site": f"{site.file}:{site.line}" if site is not None else None,
@@ -38,13 +39,15 @@ def block_fields(event: BlockEvent) -> dict[str, Any]:
         "call": event.call,
         "duration_ms": event.duration_ms,
         "kind": event.kind,
+        "duration_source": event.duration_source,
+        "site_source": event.site_source,
+        "samples": event.samples,
         "task": event.task,
         "coroutine": event.coroutine,
         "callback": event.callback,
         "loop_id": event.loop,
         "loop_thread": event.thread,
-        "gc_ms": event.gc_ms or None,
-        "cpu_wait_ms": event.cpu_wait_ms or None,
+        **evidence_fields(event),
     }
     if event.trace_id is not None and event.span_id is not None:
         fields["trace_id"] = event.trace_id
