@@ -96,7 +96,7 @@ def test_a_starved_loop_thread_is_named_so_and_keeps_its_line() -> None:
         if block["file"] != str(program):
             # asyncio's own steps (closing the loop, shutting down its generators) are
             # starved too: no line of the program ran in them, and the verdict says why.
-            assert block["call"] == CPU_STARVED and block["cpu_ms"] < 50, block
+            assert block["call"] == CPU_STARVED, block
             continue
         # The loop's two lines (``for`` and its body) are both the work.
         # Its evidence stays: a line of the program (the work's, when a sample landed in

@@ -16,6 +16,7 @@ import pytest
 from reliability_helpers import PROGRAMS, run_python
 
 import looptrace
+from looptrace._hooks.blocks import CPU_STARVED
 from looptrace.session import Session
 
 THREADS = 10
@@ -30,7 +31,10 @@ def _check_no_cross_talk(session: Session) -> None:
         loop = loops[block.loop]
         assert block.thread == loop.thread, (block, loop)
         number = loop.thread.rsplit("-", 1)[-1]
-        assert block.task == f"worker-{number}", (block.task, loop.thread)
+        # A block of the machine's making may be a step of no task (a GIL stall between
+        # steps, asyncio's own callbacks); a task it names is the loop's own.
+        owners = {f"worker-{number}"} if block.call == "time.sleep" else {f"worker-{number}", None}
+        assert block.task in owners, (block.task, loop.thread)
 
 
 async def _worker(number: int, blocks: int, stop: threading.Event | None = None) -> int:
@@ -68,11 +72,18 @@ def test_ten_threads_each_with_its_own_loop(no_leaks: None) -> None:
     assert sorted(loop.thread for loop in session.loops) == sorted(
         f"loop-{n}" for n in range(THREADS))
     assert not session.faults
+    # Each loop's own three sleeps; on a busy machine a step may also wait for a CPU, or
+    # for the GIL another loop's thread holds, past the 15 ms threshold: a block too, named
+    # for that cause and never for another loop's sleep.
+    machine = [b for b in session.blocks if b.call != "time.sleep"]
+    assert all(b.call == CPU_STARVED or b.kind == "gil-stall" for b in machine), machine
     for loop in session.loops:
-        assert loop.blocks == BLOCKS_PER_LOOP, loop
+        sleeps = [b for b in session.blocks if b.loop == loop.id and b.call == "time.sleep"]
+        assert len(sleeps) == BLOCKS_PER_LOOP, (loop, sleeps)
+        assert loop.blocks == BLOCKS_PER_LOOP + sum(b.loop == loop.id for b in machine), loop
         assert loop.select_calls and loop.steps
-    assert len(session.blocks) == THREADS * BLOCKS_PER_LOOP
-    assert sum(h.count for h in session.hotspots) == THREADS * BLOCKS_PER_LOOP
+    assert len(session.blocks) == THREADS * BLOCKS_PER_LOOP + len(machine)
+    assert sum(h.count for h in session.hotspots) == len(session.blocks)
     _check_no_cross_talk(session)
 
 
