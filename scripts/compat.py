@@ -204,11 +204,19 @@ def unpack(archive: Path, work: Path) -> Path:
 
 
 def install_looptrace(python: str, work: Path) -> Path:
-    """This checkout of looptrace, built and installed into a directory of its own."""
+    """This checkout of looptrace, built and installed into a directory of its own.
+
+    It is built from a copy of the sources: pip builds a local project in its tree (build/,
+    egg-info, the C extension), and CI runs this job beside the test suites, whose editable
+    installs build in the checkout at the same time."""
     target = work / "looptrace"
-    shutil.rmtree(target, ignore_errors=True)
+    sources = work / "looptrace-src"
+    for directory in (target, sources):
+        shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(REPO, sources, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", "*.so", ".pytest_cache"))
     result = run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-                  "--target", str(target), str(REPO)], env=clean_env())
+                  "--target", str(target), str(sources)], env=clean_env())
     if result.returncode != 0:
         raise SystemExit(f"compat: installing looptrace failed:\n{result.stderr}")
     return target
