@@ -11,7 +11,8 @@ from asyncio import events
 import pytest
 
 import looptrace
-from looptrace import _api
+from looptrace import _api, _seams
+from looptrace._hooks import doors as doors_module
 from looptrace._hooks import tracer as tracer_module
 
 
@@ -67,7 +68,7 @@ def test_a_failure_during_install_is_rolled_back(monkeypatch: pytest.MonkeyPatch
     def fail(self: object) -> None:
         raise RuntimeError("injected failure while opening doors")
 
-    monkeypatch.setattr(tracer_module.Tracer, "_open_doors", fail)
+    monkeypatch.setattr(doors_module.Doors, "open", fail)
     with pytest.raises(RuntimeError, match="injected failure"):
         looptrace.install()
     assert not looptrace.is_installed()
@@ -96,7 +97,8 @@ def test_a_faulty_hook_is_counted_disabled_and_logged_once(
     def broken(callback: object) -> object:
         raise KeyError("injected")
 
-    monkeypatch.setattr(tracer_module, "task_of", broken)
+    owner, attribute, _ = _seams.resolve("steps-internal")  # task_of, in the long steps
+    monkeypatch.setattr(owner, attribute, broken)
     with caplog.at_level(logging.WARNING, logger="looptrace"), \
             looptrace.installed(threshold_ms=50) as tracing:
         assert asyncio.run(block_once()) == 42

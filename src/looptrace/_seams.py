@@ -21,9 +21,9 @@ SEAMS: dict[str, tuple[str, str]] = {
     # inside the pure-Python select timer itself
     "selector-internal": ("looptrace._hooks.selector", "bucket_index"),
     # what the step hook calls after a long step
-    "steps-callback": ("looptrace._hooks.tracer", "Tracer.on_long_step"),
+    "steps-callback": ("looptrace._hooks.longsteps", "LongSteps.on_long_step"),
     # inside the long-step handling
-    "steps-internal": ("looptrace._hooks.tracer", "task_of"),
+    "steps-internal": ("looptrace._hooks.longsteps", "task_of"),
     # where every sample of a long step is kept, the watchdog's own and the native
     # sampler's alike
     "watchdog-sampling": ("looptrace._hooks.watchdog", "Watchdog._record"),
@@ -32,7 +32,7 @@ SEAMS: dict[str, tuple[str, str]] = {
     # the factory of a live sink: a replacement returns a looptrace.sinks.LiveSink
     "exporter": ("looptrace.sinks.logs", "live_sink"),
     # the loop doors' attach
-    "doors": ("looptrace._hooks.tracer", "Tracer.attach"),
+    "doors": ("looptrace._hooks.doors", "Doors.attach"),
 }
 """seam name -> (module, attribute path in it)."""
 

@@ -15,12 +15,12 @@ pytest_plugins = ["pytester"]
 
 # An error inside the step hook's slow path, as blockbuster's BlockingError was.
 _INJECT = """\
-import looptrace._hooks.tracer as _tracer
+from looptrace import _seams
 
 def _broken(callback):
     raise KeyError("injected")
 
-_tracer.task_of = _broken
+_seams.replace("steps-internal", _broken)
 """
 
 _BLOCKING_TEST = """\

@@ -115,7 +115,7 @@ def test_the_c_hooks_caught_errors_become_faults_in_the_report() -> None:
     import time
 
     import looptrace
-    from looptrace._hooks import tracer as tracer_module
+    from looptrace import _seams
 
     calls = []
 
@@ -123,8 +123,7 @@ def test_the_c_hooks_caught_errors_become_faults_in_the_report() -> None:
         calls.append(args)
         raise RuntimeError("broken callback")
 
-    original = tracer_module.Tracer.on_long_step
-    tracer_module.Tracer.on_long_step = broken  # type: ignore[method-assign]
+    restore = _seams.replace("steps-callback", broken)  # what the step hook calls
     try:
         async def main() -> None:
             for _ in range(3):
@@ -134,7 +133,7 @@ def test_the_c_hooks_caught_errors_become_faults_in_the_report() -> None:
         with looptrace.installed(threshold_ms=10) as tracing:
             asyncio.run(main())
     finally:
-        tracer_module.Tracer.on_long_step = original  # type: ignore[method-assign]
+        restore()
     (fault,) = tracing.snapshot().faults
     assert fault.hook == "steps"
     assert fault.count == len(calls) >= 1
@@ -151,14 +150,14 @@ def test_a_keyboard_interrupt_during_looptrace_code_reaches_the_program(
     import time
 
     import looptrace
-    from looptrace import _recorder
-    from looptrace._hooks import tracer as tracer_module
+    from looptrace import _recorder, _seams
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
     if where == "steps":
-        monkeypatch.setattr(tracer_module, "task_of", interrupted)
+        owner, attribute, _ = _seams.resolve("steps-internal")  # task_of, in the long steps
+        monkeypatch.setattr(owner, attribute, interrupted)
     else:
         monkeypatch.setattr(_recorder.LoopRecord, "on_long_iteration", interrupted)
 
