@@ -201,7 +201,9 @@ class Combined:
             oldest = self._timelines.popleft()
             size = len(oldest.selects) + len(oldest.steps)
             self._timeline_size -= size
-            self._dropped["timeline"] += size
+            # The names the recorder's own counter uses (the report has one vocabulary).
+            self._dropped["timeline_steps"] += len(oldest.steps)
+            self._dropped["timeline_selects"] += len(oldest.selects)
 
     def session(self, *, argv: Iterable[str] | None = None) -> Session:
         """The combined report (raises ``ValueError`` when no report was added)."""

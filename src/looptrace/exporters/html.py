@@ -30,6 +30,7 @@ from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
 from ._html_assets import SCRIPT as _SCRIPT
 from ._html_assets import STYLE as _STYLE
 from ._timeline_svg import render_svg
+from .text import duration as _ms
 from .text import short_path
 
 CONTEXT_LINES = 3
@@ -48,16 +49,6 @@ def _csp_hash(text: str) -> str:
 
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if value >= 1000:
-        return f"{value / 1000:.2f} s"
-    if value >= 10:
-        return f"{value:.1f} ms"
-    return f"{value:.2f} ms"
 
 
 def _num(value: float | None, text: str | None = None) -> str:

@@ -31,7 +31,9 @@ def where(site: CodeLocation | None) -> str:
     return f"{_t(short_path(site.file))}:{site.line} in {_t(site.function)}"
 
 
-def _duration(value_ms: float | None) -> str:
+def duration(value_ms: float | None) -> str:
+    """A duration for people, the same in the terminal and in the HTML report: seconds
+    from 1 s, whole milliseconds from 10 ms, hundredths below."""
     if value_ms is None:
         return "n/a"
     if value_ms >= 1000:
@@ -55,8 +57,8 @@ def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
     lines = [
         f"  {number}. {_t(hotspot.kind)}  {title}",
         f"     at {where(hotspot.site)}",
-        f"     {hotspot.count}x  total {_duration(hotspot.total_ms)}  "
-        f"max {_duration(hotspot.max_ms)}  p50 {_duration(hotspot.p50_ms)}"
+        f"     {hotspot.count}x  total {duration(hotspot.total_ms)}  "
+        f"max {duration(hotspot.max_ms)}  p50 {duration(hotspot.p50_ms)}"
         f"  thread {_t(hotspot.thread)}",
     ]
     if hotspot.task or hotspot.coroutine:
@@ -72,9 +74,9 @@ def _loop_lines(loop: LoopSummary) -> list[str]:
     if loop.utilization is not None:
         figures.append(f"utilisation {loop.utilization * 100:.1f}%")
     if loop.busy_ms is not None:
-        figures.append(f"busy {_duration(loop.busy_ms)}")
+        figures.append(f"busy {duration(loop.busy_ms)}")
     if loop.io_wait_ms is not None:
-        figures.append(f"io-wait {_duration(loop.io_wait_ms)}")
+        figures.append(f"io-wait {duration(loop.io_wait_ms)}")
     if loop.iterations is not None:
         figures.append(f"{loop.iterations} iterations")
     if loop.steps is not None:
@@ -84,8 +86,8 @@ def _loop_lines(loop: LoopSummary) -> list[str]:
     lag = loop.lag_ms
     if lag.max is not None:
         label = "lag" if lag.source == "iterations" else "heartbeat lag"  # ours, fixed
-        lines.append(f"     {label} p50 {_duration(lag.p50)}  p99 {_duration(lag.p99)}  "
-                     f"max {_duration(lag.max)}")
+        lines.append(f"     {label} p50 {duration(lag.p50)}  p99 {duration(lag.p99)}  "
+                     f"max {duration(lag.max)}")
     if loop.saturated_iterations:
         lines.append(f"     {loop.saturated_iterations} saturated iterations (many short "
                      "steps ready at once; no single step to blame)")
@@ -98,8 +100,8 @@ def render(session: Session) -> str:
     blocks = sum(h.count for h in session.hotspots)
     loops = len(session.loops)
     lines = [
-        f"looptrace: {_duration(session.wall_ms)} recorded, threshold "
-        f"{_duration(session.threshold_ms)}, {loops} loop{'s' if loops != 1 else ''}, "
+        f"looptrace: {duration(session.wall_ms)} recorded, threshold "
+        f"{duration(session.threshold_ms)}, {loops} loop{'s' if loops != 1 else ''}, "
         f"{blocks} block{'s' if blocks != 1 else ''}",
         *(disabled_hook_line(fault) for fault in session.faults),
         "",
@@ -112,7 +114,7 @@ def render(session: Session) -> str:
             lines.append(f"  ... and {len(session.hotspots) - _MAX_HOTSPOTS} more "
                          "(write the full report with --json)")
     else:
-        lines.append(f"No block of the loop at or over {_duration(session.threshold_ms)}.")
+        lines.append(f"No block of the loop at or over {duration(session.threshold_ms)}.")
     if session.loops:
         lines.append("")
         lines.append("Loops")
