@@ -142,8 +142,8 @@ def test_uninstall_on_a_loop_thread_does_not_wait_for_the_collector(
         dead_collector: str) -> None:
     """uninstall() called from a coroutine (on the loop thread) hands the flush to a thread
     of its own and returns at once: the loop never waits for a dead collector."""
-    async def main() -> float:
-        looptrace.install(threshold_ms=20, otlp=dead_collector)
+    async def main(otlp: str | bool) -> float:
+        looptrace.install(threshold_ms=20, otlp=otlp)
         await asyncio.sleep(0)
         time.sleep(0.03)
         await asyncio.sleep(0)
@@ -152,7 +152,11 @@ def test_uninstall_on_a_loop_thread_does_not_wait_for_the_collector(
         assert session is not None and len(session.blocks) == 1
         return time.perf_counter() - started
 
-    assert asyncio.run(main()) < 0.3
+    # Against uninstall() with no export at all, on this machine as busy as it is now (its
+    # own work, stopping the watchdog and building the session, is not the collector's).
+    with_collector = asyncio.run(main(dead_collector))
+    without = asyncio.run(main(False))
+    assert with_collector < without + 0.25, (with_collector, without)
 
 
 def test_install_on_a_loop_thread_sets_up_off_the_loop(dead_collector: str) -> None:
@@ -177,5 +181,15 @@ def test_install_on_a_loop_thread_sets_up_off_the_loop(dead_collector: str) -> N
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["took"] < 0.1, f"install() held the loop for {result['took']:.3f} s"
+    # What install() would hold the loop for if it set the export up on it: importing the
+    # SDK and the exporter, timed now, on this machine as busy as it is.
+    importing = subprocess.run(
+        [sys.executable, "-c", "import time; t = time.perf_counter(); "
+         "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter; "
+         "print(time.perf_counter() - t)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    import_s = float(importing.stdout)
+    assert result["took"] < import_s / 2, (
+        f"install() held the loop for {result['took']:.3f} s; importing OpenTelemetry "
+        f"takes {import_s:.3f} s")
     assert result["dropped"].get("spans", 0) >= 1

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +37,10 @@ logger = logging.getLogger("looptrace")
 
 _EXIT_FLUSH_S = 2.0
 """The longest looptrace may delay the program's exit (exporters flushing)."""
+
+_closers: list[threading.Thread] = []
+"""Outputs being closed off a loop thread (uninstall() in a coroutine); the exit waits for
+them within the same bound."""
 
 class _Installation:
     _count = 0
@@ -96,20 +101,31 @@ class _Installation:
     def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
         self.release_sigterm()
         self.tracer.stop()
+        if asyncio.events._get_running_loop() is not None and (self.dispatcher or self.sinks):
+            # On a loop thread nothing may wait: the last blocks may still be on their way
+            # to a live sink (one still importing OpenTelemetry, say), so delivering and
+            # closing run on a thread of their own, and the report is what was recorded.
+            closer = threading.Thread(target=self._close_outputs, args=(timeout_s,),
+                                      name="looptrace-close", daemon=True)
+            closer.start()
+            _closers.append(closer)
+            return self._leave(self.snapshot())
+        self._close_outputs(timeout_s)
+        # What the sinks could not deliver while closing (spans) joins ``dropped``.
+        return self._leave(self.snapshot())
+
+    def _close_outputs(self, timeout_s: float) -> None:
+        """Deliver the published blocks to the live sinks, then close them, within
+        ``timeout_s`` in all."""
         dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.close(timeout_s / 2)
-        session = self.snapshot()
         for sink in self.sinks:
             try:
                 sink.close(timeout_s / 2)
             except Exception as exc:
                 logger.warning("looptrace: closing %s failed: %s: %s", sink.name,
                                type(exc).__name__, exc)
-        if self.sinks:
-            # What the sinks could not deliver while closing (spans) joins ``dropped``.
-            session = dataclasses.replace(session, dropped=self.snapshot().dropped)
-        return self._leave(session)
 
     def _leave(self, session: Session) -> Session:
         """Write what the options ask for; a child of a traced process leaves its report
@@ -296,6 +312,16 @@ def _at_exit() -> None:
         uninstall()
     except Exception as exc:
         logger.warning("looptrace: shutting down failed: %s: %s", type(exc).__name__, exc)
+    _join_closers(_EXIT_FLUSH_S)
+
+
+def _join_closers(timeout_s: float) -> None:
+    """Let outputs still closing off a loop thread finish, within ``timeout_s`` in all."""
+    deadline = time.monotonic() + timeout_s
+    while _closers:
+        closer = _closers.pop()
+        if closer is not threading.current_thread():
+            closer.join(max(deadline - time.monotonic(), 0.0))
 
 
 def _register_before_thread_shutdown(callback: Callable[[], None]) -> None:
@@ -314,6 +340,7 @@ def _before_thread_shutdown() -> None:
     (then the atexit flush is the one)."""
     installation = _current
     if installation is None or not installation.sinks:
+        _join_closers(_EXIT_FLUSH_S)  # uninstalled in a coroutine: let its closing finish
         return
     main = threading.main_thread()
     if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
