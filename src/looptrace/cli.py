@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import math
 import os
 import signal
@@ -26,18 +25,12 @@ from typing import Any, NoReturn
 
 from . import _exit, _outputs, _runner, _subprocesses
 from ._files import write_text
+from ._outputs import RENDERERS
 from ._runner import Program
 from ._version import __version__
 from .session import ReportError, Session
 
-# Output formats: option, format name, renderer module (each has render(session) -> str).
-RENDERERS = {
-    "text": "looptrace.exporters.text",
-    "json": "looptrace.exporters.json",
-    "html": "looptrace.exporters.html",
-    "chrome": "looptrace.exporters.chrome",
-    "jaeger": "looptrace.exporters.jaeger_json",
-}
+# The file options and the format each writes (formats: RENDERERS).
 FILE_OPTIONS = (("json", "json"), ("html", "html"), ("chrome_trace", "chrome"),
                 ("jaeger_json", "jaeger"))
 
@@ -191,14 +184,11 @@ def split_run(args: Sequence[str], takes_value: dict[str, bool]) -> tuple[list[s
 
 
 def render(session: Session, fmt: str) -> str:
-    module_name = RENDERERS[fmt]
     try:
-        module = importlib.import_module(module_name)
+        return _outputs.render(session, fmt)
     except ImportError as exc:
         raise UsageError(f"the {fmt} format is not available in this installation "
                          f"({exc})") from None
-    text: str = module.render(session)
-    return text
 
 
 def _why(exc: BaseException) -> str:
