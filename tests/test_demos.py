@@ -264,7 +264,13 @@ def test_fastapi_workers_blocks_of_every_worker_are_in_one_report() -> None:
     line = line_of(service, "BLOCKS")
     blocks = [b for b in result.report["blocks"] if b["site"]
               and (b["site"]["file"], b["site"]["line"]) == (service.__file__, line)]
-    assert len(blocks) == sum(result.answered_by.values())
+    # One block per /checkout at render_receipt's line; a worker's first /checkout may
+    # share its step with first-request work (lazy imports, serialisers being built) that
+    # on a starved machine outlasts the 120 ms sleep: that step is named for what took most
+    # of it (a probed call is the headline only when it explains half of the block).
+    for pid, answered in result.answered_by.items():
+        own = [b for b in blocks if b["thread"].split(":")[0] == f"pid {pid}"]
+        assert answered - 1 <= len(own) <= answered, (pid, answered, own)
     assert {b["thread"].split(":")[0] for b in blocks} == {
         f"pid {pid}" for pid in result.answered_by}
     assert all(b["call"] == "time.sleep" for b in blocks)
