@@ -214,8 +214,13 @@ class Watchdog:
         native = self.native_running
         for key, thread_id, start, handle, loop in running:
             elapsed = now - start
-            if native and handle is not None:
-                continue  # a timed step: the native sampler samples it
+            if native and handle is not None and (key in self._samples
+                                                   or elapsed < self._late_ns):
+                # A timed step: the native sampler samples it. One that still has no native
+                # sample when a late Python sample would be due (its samples lost, or the
+                # sampler thread starved on a saturated machine) is sampled here too, so that
+                # a long step never ends with no line at all.
+                continue
             if elapsed < self._arm_ns:
                 wait = min(wait, self._arm_ns - elapsed)
                 continue
