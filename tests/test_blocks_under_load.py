@@ -87,7 +87,7 @@ def test_a_starved_loop_thread_is_named_so_and_keeps_its_line() -> None:
     work in hundreds of milliseconds: starvation is the headline (the thread was on a CPU
     for less than the threshold) and the block still carries its sampled line."""
     program = HERE.parent / "helpers" / "starved_loop.py"
-    out = subprocess.run([sys.executable, str(program), "4", "60000"], capture_output=True,
+    out = subprocess.run([sys.executable, str(program), "4", "15"], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     blocks = [json.loads(line) for line in out.splitlines()]
     line = line_of(str(program), "# starved-work")

@@ -129,9 +129,11 @@ def test_default_mode_trace_has_blocks_on_loop_and_task_tracks(
     assert len(loop_blocks) == len(default_session.blocks) >= 3
     legacy = [e["name"] for e in tracks["task legacy (legacy_worker) · loop 1"]]
     assert legacy.count(f"time.sleep @ tests/front_end_program.py:{line_of('SLEEP_LINE')}") == 2
-    assert tracks["task cruncher (cpu_worker) · loop 1"], (
-        list(tracks), [(b.task, b.coroutine, b.kind, b.call, b.site_source)
-                       for b in default_session.blocks])
+    # A plain string: pytest shortens the repr of other objects, and with it the evidence.
+    assert tracks["task cruncher (cpu_worker) · loop 1"], "\n".join(
+        [", ".join(tracks)] + [f"{b.task} {b.coroutine} {b.kind} {b.call} {b.site_source}"
+                               f" {b.site} {b.duration_ms:.1f} ms"
+                               for b in default_session.blocks])
 
 
 def test_trace_from_a_saved_report(full_session: Session, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ lowest priority (``nice 19`` for this thread only; the watchdog thread keeps its
 Each step does a few milliseconds of CPU work, yet the loop is blocked for hundreds:
 the run queue, not the line, made the block. Prints the blocks as JSON lines.
 
-    python starved_loop.py BLOCKS WORK_ITERATIONS
+    python starved_loop.py BLOCKS CPU_MS_PER_BLOCK
 """
 
 from __future__ import annotations
@@ -18,29 +18,38 @@ import time
 import looptrace
 
 
-def work(n: int) -> int:
+def work(cpu_ms: float) -> int:
+    # CPU time, not a count of iterations: a scheduler that favours a thread waking from
+    # a sleep (EEVDF, Linux 6.6+) runs a few milliseconds of it at once; the rest waits.
     total = 0
-    for i in range(n):
-        total += i  # starved-work
+    end = time.thread_time() + cpu_ms / 1000
+    while time.thread_time() < end:
+        total += 1  # starved-work
     return total
 
 
-async def main(blocks: int, iterations: int) -> None:
+async def main(blocks: int, cpu_ms: float) -> None:
     for _ in range(blocks):
         await asyncio.sleep(0.02)
-        work(iterations)
+        work(cpu_ms)
 
 
-def run(blocks: int, iterations: int) -> None:
+def run(blocks: int, cpu_ms: float) -> None:
     cpu = min(os.sched_getaffinity(0))
-    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # The competitor says when it spins: on a loaded machine its interpreter may take
+    # longer to start than this program's loop takes to run (seen in CI: no block at all).
+    competitor = subprocess.Popen(
+        [sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+        stdout=subprocess.PIPE, text=True)
     try:
         os.sched_setaffinity(competitor.pid, {cpu})
-        time.sleep(0.5)  # until the competitor spins (its interpreter starts first)
+        assert competitor.stdout is not None
+        competitor.stdout.readline()
+        time.sleep(0.1)  # a scheduler tick or two: the competitor runs on the pinned CPU
         with looptrace.installed(threshold_ms=50) as tracing:  # watchdog starts first
             os.sched_setaffinity(0, {cpu})  # this thread only (Linux)
             os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only (Linux)
-            asyncio.run(main(blocks, iterations))
+            asyncio.run(main(blocks, cpu_ms))
         for block in tracing.snapshot().blocks:
             site = block.site
             print(json.dumps({
@@ -54,4 +63,4 @@ def run(blocks: int, iterations: int) -> None:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]), int(sys.argv[2]))
+    run(int(sys.argv[1]), float(sys.argv[2]))

@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from looptrace._clock import now_ns
@@ -140,16 +141,23 @@ class Watchdog:
         if self._native is None:
             return
         try:
-            threads = {slot.thread_id: (slot.seq, slot.handle)
-                       for slot in self._step_hook.slots()}
-            self._native.drain(threads, self._add_native)
+            slots = {slot.thread_id: slot for slot in self._step_hook.slots()}
+            threads = {ident: (slot.seq, slot.handle) for ident, slot in slots.items()}
+
+            def add(key: SampleKey, thread_id: int, sample: NativeSample,
+                    handle: Any) -> None:
+                self._add_native(key, thread_id, sample, handle, slots.get(thread_id))
+
+            self._native.drain(threads, add)
         except Exception as exc:  # counted; the blocks are built from what there is
             self._on_fault("watchdog", exc)
 
     def _add_native(self, key: SampleKey, thread_id: int, sample: NativeSample,
-                    handle: Any) -> None:
+                    handle: Any, slot: Any) -> None:
         """A native sample of a step; the task and span are read now if it still runs."""
         task, coroutine, span = self._context(handle, None)
+        if handle is not None and not _same_step(slot, key[1], handle):
+            task, coroutine, span = None, None, None  # the step ended while they were read
         located = sample.loop
         self._record(key, thread_id, located.site, located.call, located.stack, task,
                      coroutine, span)
@@ -171,7 +179,7 @@ class Watchdog:
         now = now_ns()
         # A sample key is (what runs steps, which step): (thread ident, step seq) for
         # timed loops, (heartbeat key, beat number) for heartbeat loops.
-        running: list[tuple[tuple[object, int], int, int, Any, Any]] = []
+        running: list[_Running] = []
         current: dict[object, int] = {}
         slots = self._step_hook.slots()
         heartbeats = self._heartbeats()
@@ -182,13 +190,15 @@ class Watchdog:
             handle = slot.handle
             start = slot.start_ns
             if handle is not None and slot.seq == seq:  # re-read: no step change in between
-                running.append(((slot.thread_id, seq), slot.thread_id, start, handle, None))
+                running.append(((slot.thread_id, seq), slot.thread_id, start, handle, None,
+                                partial(_same_step, slot, seq, handle)))
         for heartbeat in heartbeats:
-            current[heartbeat.key] = heartbeat.beats
+            beats = heartbeat.beats
+            current[heartbeat.key] = beats
             due = heartbeat.due_ns()
             if due is not None and heartbeat.thread_id is not None:
-                running.append(((heartbeat.key, heartbeat.beats), heartbeat.thread_id, due,
-                                None, heartbeat.loop()))
+                running.append(((heartbeat.key, beats), heartbeat.thread_id, due,
+                                None, heartbeat.loop(), partial(_same_beat, heartbeat, beats)))
 
         # Steps that ended were submitted before the next one started: finalise them, then
         # forget the samples of steps that ended short.
@@ -206,13 +216,12 @@ class Watchdog:
             self._housekeeping()
         return max(wait, _MIN_WAIT_NS)
 
-    def _sample_running(self, running: list[tuple[tuple[object, int], int, int, Any, Any]],
-                        now: int) -> int:
+    def _sample_running(self, running: list[_Running], now: int) -> int:
         """Sample the steps that run long; returns how long to wait before the next tick."""
         wait = self._poll_ns
         frames: dict[int, Any] | None = None
         native = self.native_running
-        for key, thread_id, start, handle, loop in running:
+        for key, thread_id, start, handle, loop, still_running in running:
             elapsed = now - start
             if native and handle is not None and (key in self._samples
                                                    or elapsed < self._late_ns):
@@ -228,7 +237,7 @@ class Watchdog:
                 frames = current_frames()
             if key not in self._samples and elapsed >= self._late_ns:
                 self._late.add(key)
-            self._sample(key, thread_id, frames.get(thread_id), handle, loop)
+            self._sample(key, thread_id, frames.get(thread_id), handle, loop, still_running)
             wait = min(wait, self._sample_ns)
         del frames
         return wait
@@ -251,12 +260,16 @@ class Watchdog:
         return key in self._samples or (self.native_running and isinstance(key[0], int))
 
     def _sample(self, key: tuple[object, int], thread_id: int, frame: Any, handle: Any,
-                loop: Any) -> None:
+                loop: Any, still_running: Callable[[], bool]) -> None:
         if frame is None:
             return
         site, callee, stack = locate(frame, self._codemap)
         task, coroutine, span = self._context(handle, loop)
-        self._record(key, thread_id, site, callee, stack, task, coroutine, span)
+        # The loop thread may take the GIL between reading its slot and reading its stack
+        # and task, end that step and start the next: such a sample is of another task's
+        # step (seen in CI: a CPU loop's block named after the task that ran next).
+        if still_running():
+            self._record(key, thread_id, site, callee, stack, task, coroutine, span)
 
     def _context(self, handle: Any, loop: Any) -> tuple[Any, str | None,
                                                          tuple[int, int, bool] | None]:
@@ -285,6 +298,19 @@ class Watchdog:
             if reading is not None:
                 samples.sched = (now_ns(), *reading)
         samples.add(site, callee, stack, task, coroutine, span)
+
+
+_Running = tuple[SampleKey, int, int, Any, Any, Callable[[], bool]]
+"""A step being watched: sample key, thread, start, handle (timed steps), loop
+(heartbeat loops), and whether that very step still runs."""
+
+
+def _same_step(slot: Any, seq: int, handle: Any) -> bool:
+    return slot is not None and slot.seq == seq and slot.handle is handle
+
+
+def _same_beat(heartbeat: Any, beats: int) -> bool:
+    return heartbeat.beats == beats and heartbeat.due_ns() is not None
 
 
 def _task_context(task: Any) -> Any:
