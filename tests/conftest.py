@@ -7,6 +7,7 @@ import concurrent.futures
 import http.client
 import http.server
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,13 @@ import pytest
 import looptrace
 from helpers.busy import busy_cpus, competitors_asked
 from looptrace._hooks.probes import CATALOGUE
+
+# Tests send SIGINT to the programs they start, as a user's Ctrl-C. A shell that starts a
+# command in the background without job control (``cmd &`` in a script, ``nohup``) starts
+# it with SIGINT ignored, and every child inherits that: its Ctrl-C would be lost (seen in
+# a CI run started with ``nohup``). The children get the disposition a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _asyncio_state() -> dict[str, object]:
