@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "looptrace.session": 2,
     "looptrace.analysis": 2,
     "looptrace.hotspots": 2,
+    "looptrace.pools": 2,  # executor rows and the pool verdict
     "looptrace._combine": 2,
     # L3 outputs: renderers of a Session (exporters/) and live sinks of blocks (sinks/).
     "looptrace.exporters": 3,

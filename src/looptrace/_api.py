@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import _outputs, _sigterm, _subprocesses, analysis
+from . import _outputs, _sigterm, _subprocesses, analysis, pools
 from ._clock import epoch_offset_ns
 from ._config import OUTPUT_OPTIONS, Options, resolve
 from ._dispatch import Dispatcher
@@ -87,6 +87,10 @@ class _Installation:
         watchdog = self.tracer.watchdog
         if watchdog is not None:
             extra["sample_sites"] = watchdog.dropped_sample_sites
+        executors = self.tracer.executors
+        executor_figures = executors.figures()
+        if executors.dropped:
+            extra["executor_calls"] = executors.dropped
         recording = self.recorder.recording(
             accelerated=self.tracer.accelerated,
             probes=self.tracer.probes.installed if self.tracer.probes is not None else 0,
@@ -96,7 +100,9 @@ class _Installation:
         # site's lines only from a file that still matches.
         files = {h.site.file for h in session.hotspots if h.site is not None}
         files.update(b.site.file for b in session.blocks if b.site is not None)
-        return dataclasses.replace(session, sources=fingerprints(sorted(files)))
+        return dataclasses.replace(
+            session, sources=fingerprints(sorted(files)),
+            executors=pools.executor_rows(executor_figures, session.threshold_ms))
 
     def stop(self, timeout_s: float = _EXIT_FLUSH_S) -> Session:
         self.release_sigterm()

@@ -228,3 +228,33 @@ class Recording:
     faults: tuple[Fault, ...]
     accelerated: bool
     probes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorFigures:
+    """Every ``run_in_executor`` / ``to_thread`` call from one site, of one function, in
+    one kind of pool, aggregated (raw integers, nanoseconds)."""
+
+    site: CodeLocation | None
+    function: str
+    calls: int
+    """Calls submitted."""
+    completed: int
+    """Calls whose function returned or raised."""
+    queue_ns: int
+    """Total time from submit (on the loop thread) to start (in a worker)."""
+    queue_max_ns: int
+    run_ns: int
+    """Total time the function ran in a worker."""
+    run_max_ns: int
+    workers: int | None
+    """The pool's ``max_workers`` (None: not a ThreadPoolExecutor we could read)."""
+    peak_queue_depth: int
+    """The most calls waiting for a worker in that pool, seen at a submit from the site."""
+    task: str | None
+    """The awaiting task (current task at submit) of the call that waited longest."""
+    trace_id: int | None
+    span_id: int | None
+    queue_histogram: tuple[tuple[int, int], ...] = ()
+    """(bucket_low_ns, count): log-linear buckets (see _histogram) of the queue waits."""
+    run_histogram: tuple[tuple[int, int], ...] = ()

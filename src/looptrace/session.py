@@ -160,6 +160,29 @@ class Exemption:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorSite:
+    """The ``run_in_executor`` / ``to_thread`` calls from one line, of one function: how
+    long they waited for a worker (queue) and ran (run), in a pool of ``workers``."""
+
+    site: CodeLocation | None
+    function: str
+    calls: int
+    completed: int
+    queue_ms: float
+    max_queue_ms: float
+    run_ms: float
+    max_run_ms: float
+    workers: int | None
+    peak_queue_depth: int
+    task: str | None
+    """The awaiting task of the call that waited longest."""
+    trace_id: str | None
+    span_id: str | None
+    warning: str | None
+    """Set when the pool, not the work, was the bottleneck (see ``looptrace.pools``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
     """One report. Times are milliseconds from ``started_at`` unless a name says otherwise."""
 
@@ -187,6 +210,8 @@ class Session:
     sources: dict[str, str] = field(default_factory=dict)
     """``{file: "sha256:..."}``: the source that ran, for each site's file (see _sources)."""
     schema: str = SCHEMA
+    executors: tuple[ExecutorSite, ...] = field(default=())
+    """Executor calls per site, most queue wait first (empty: none, or not measured)."""
 
     # -- writing
 
@@ -463,6 +488,19 @@ def _read_session(r: _Reader) -> Session:
         exemptions=tuple(Exemption(e["rule"].text(), e["count"].integer(), e.get("test").opt_text())
                          for e in r.get("exemptions", []).items()),
         sources=_read_sources(r.get("sources", {})),
+        executors=tuple(_read_executor(x) for x in r.get("executors", []).items()),
+    )
+
+
+def _read_executor(r: _Reader) -> ExecutorSite:
+    return ExecutorSite(
+        site=_location(r["site"]), function=r["function"].text(), calls=r["calls"].integer(),
+        completed=r["completed"].integer(), queue_ms=r["queue_ms"].number(),
+        max_queue_ms=r["max_queue_ms"].number(), run_ms=r["run_ms"].number(),
+        max_run_ms=r["max_run_ms"].number(), workers=r["workers"].opt_integer(),
+        peak_queue_depth=r["peak_queue_depth"].integer(), task=r["task"].opt_text(),
+        trace_id=r["trace_id"].opt_text(), span_id=r["span_id"].opt_text(),
+        warning=r["warning"].opt_text(),
     )
 
 

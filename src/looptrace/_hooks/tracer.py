@@ -27,6 +27,7 @@ from looptrace._recorder import LoopRecord, Recorder
 from . import schedstat
 from ._patch import Patch, PatchSet
 from .doors import Doors
+from .executors import ExecutorCalls
 from .frames import CodeMap
 from .gcwatch import GcWatch
 from .hookfaults import SwallowedFaults
@@ -70,6 +71,7 @@ class Tracer:
         self.doors = Doors(self, options, recorder, probes=self.probes, nested=self.nested,
                            on_late_beat=self.long_steps.on_late_beat)
         self._swallowed = SwallowedFaults(recorder)  # errors the hooks caught themselves
+        self.executors = ExecutorCalls(self.codemap, lambda exc: recorder.fault("executors", exc))
 
     # -- lifecycle
 
@@ -103,6 +105,8 @@ class Tracer:
         self.active = True
         if self.probes is not None:
             self.probes.patch_available()
+        self.recorder.on_fault("executors", self.executors.revert)
+        self.executors.install()
 
         doors = self.doors
         self.watchdog = Watchdog(
@@ -159,6 +163,7 @@ class Tracer:
         self.gc_watch.stop()
         if self.probes is not None:
             self.probes.revert(locked=locked)
+        self.executors.revert()
 
     def flush(self) -> None:
         """Finalise blocks that ended but are not in the recorder yet."""
@@ -198,6 +203,7 @@ class Tracer:
         self.gc_watch.forget_threads(alive)
         self.sched.forget_threads(alive)
         self.nested.forget_threads(alive)
+        self.executors.fold()
 
     def step_ring(self) -> Callable[[Any], list[tuple[int, int, int]]] | None:
         hook = self.step_hook
