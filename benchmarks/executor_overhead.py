@@ -11,7 +11,8 @@ with the ``run_in_executor`` patch taken out again) and ``looptrace`` (installed
 program gets it). Two patterns: ``serial`` (one call awaited at a time: each call is a
 full thread handoff and back, the worst case per call) and ``burst`` (100 calls gathered
 at once, the pool's queue in use). Prints the median microseconds per call and the
-ratios; the executor hook's own cost is ``looptrace`` / ``no-executor-hook``.
+ratios (the median of the ratios within each round); the executor hook's own cost is
+``looptrace`` / ``no-executor-hook``.
 """
 
 from __future__ import annotations
@@ -87,8 +88,13 @@ def main() -> None:
           f"{'hook ratio':>11} {'total ratio':>12}")
     for pattern, by_config in results.items():
         medians = {c: statistics.median(v) for c, v in by_config.items()}
-        hook = medians["looptrace"] / medians["no-executor-hook"]
-        total = medians["looptrace"] / medians["none"]
+        # Ratios within each round (the three ran back to back), then their median: a
+        # slow period of the machine cancels out of a ratio, not out of a median of times.
+        hook = statistics.median(t / b for t, b in zip(by_config["looptrace"],
+                                                       by_config["no-executor-hook"],
+                                                       strict=True))
+        total = statistics.median(t / b for t, b in zip(by_config["looptrace"],
+                                                        by_config["none"], strict=True))
         summary["patterns"][pattern] = {"median_us": medians, "hook_ratio": hook,
                                         "total_ratio": total, "rounds_us": by_config}
         print(f"{pattern:8} {medians['none']:9.2f} {medians['no-executor-hook']:11.2f} "

@@ -38,6 +38,7 @@ def _asyncio_state() -> dict[str, object]:
         "asyncio._set_running_loop": asyncio._set_running_loop,
         "Runner._lazy_init": vars(runners.Runner)["_lazy_init"],
         "BaseEventLoop.close": vars(base_events.BaseEventLoop)["close"],
+        "BaseEventLoop.run_in_executor": vars(base_events.BaseEventLoop)["run_in_executor"],
         "events.set_event_loop_policy": events.set_event_loop_policy,
         "asyncio.set_event_loop_policy": asyncio.set_event_loop_policy,
     }

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field, replace
 from .analysis import median_low
 from .events import CodeLocation
 from .hotspots import advise
+from .pools import ordered, pool_warning
 from .session import (
     BlockEvent,
+    ExecutorSite,
     Exemption,
     FaultSummary,
     Hotspot,
@@ -124,6 +126,7 @@ class Combined:
         self._dropped: Counter[str] = Counter()
         self._faults: dict[str, FaultSummary] = {}
         self._exemptions: list[Exemption] = []
+        self._executors: dict[tuple[CodeLocation | None, str], ExecutorSite] = {}
         self._threshold_ms = float("inf")
         self._modes: set[str] = set()
         self._accelerated = True
@@ -185,6 +188,15 @@ class Combined:
             self._faults[fault.hook] = (fault if known is None else
                                         replace(known, count=known.count + fault.count))
         self._exemptions.extend(session.exemptions)
+        self._add_executors(session.executors)
+
+    def _add_executors(self, rows: Iterable[ExecutorSite]) -> None:
+        """Executor rows of one site and function summed; the task and trace stay those of
+        the call that waited longest; the verdict is judged again on the sums."""
+        for row in rows:
+            key = (row.site, row.function)
+            known = self._executors.get(key)
+            self._executors[key] = row if known is None else _summed(known, row)
 
     def _add_timeline(self, timeline: Timeline, new_ids: dict[int, int],
                       offset_ms: float) -> None:
@@ -247,4 +259,19 @@ class Combined:
             faults=tuple(self._faults.values()),
             exemptions=tuple(self._exemptions),
             sources=dict(self._sources),
+            executors=ordered(replace(row, warning=pool_warning(row, self._threshold_ms))
+                              for row in self._executors.values()),
         )
+
+
+def _summed(known: ExecutorSite, row: ExecutorSite) -> ExecutorSite:
+    longest = row if row.max_queue_ms > known.max_queue_ms else known
+    workers = [w for w in (known.workers, row.workers) if w is not None]
+    return replace(
+        longest, calls=known.calls + row.calls, completed=known.completed + row.completed,
+        waited=known.waited + row.waited,
+        queue_ms=round(known.queue_ms + row.queue_ms, 3),
+        run_ms=round(known.run_ms + row.run_ms, 3),
+        max_run_ms=max(known.max_run_ms, row.max_run_ms),
+        workers=max(workers) if workers else None,
+        peak_queue_depth=max(known.peak_queue_depth, row.peak_queue_depth))

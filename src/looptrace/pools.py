@@ -10,6 +10,7 @@ start of a pool is no pattern).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from .events import ExecutorFigures
 from .session import ExecutorSite
@@ -29,37 +30,42 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def pool_warning(figures: ExecutorFigures, threshold_ms: float) -> str | None:
+def pool_warning(row: ExecutorSite, threshold_ms: float) -> str | None:
     """The warning for a site whose calls mostly waited for a worker, else None."""
-    busy = figures.queue_ns + figures.run_ns
-    if figures.completed < MIN_CALLS or busy <= 0:
+    busy = row.queue_ms + row.run_ms
+    if row.completed < MIN_CALLS or busy <= 0:
         return None
-    if figures.queue_ns < QUEUE_SHARE * busy or figures.queue_ns / 1e6 < threshold_ms:
+    if row.queue_ms < QUEUE_SHARE * busy or row.queue_ms < threshold_ms:
         return None
-    waited = sum(count for low, count in figures.queue_histogram if low >= _WAITED_NS)
-    workers = f"{figures.workers} workers" if figures.workers is not None else "the pool's workers"
-    return (f"the pool, not the work, is the bottleneck: {workers}, {waited} calls waited "
-            f"{figures.queue_ns / 1e6:.0f} ms in all for a worker (longest "
-            f"{figures.queue_max_ns / 1e6:.0f} ms, up to {figures.peak_queue_depth} queued); "
-            "raise max_workers (`ThreadPoolExecutor(max_workers=...)`; for `to_thread` and "
+    workers = f"{row.workers} workers" if row.workers is not None else "the pool's workers"
+    return (f"the pool, not the work, is the bottleneck: {workers}, {row.waited} calls waited "
+            f"{row.queue_ms:.0f} ms in all for a worker (longest {row.max_queue_ms:.0f} ms, "
+            f"up to {row.peak_queue_depth} queued); raise max_workers "
+            "(`ThreadPoolExecutor(max_workers=...)`; for `to_thread` and "
             "`run_in_executor(None, ...)`, `loop.set_default_executor(...)`) if the work "
             "waits on I/O, or bound the calls in flight with an `asyncio.Semaphore`; "
             "pure-Python CPU work gains nothing from more threads: use a "
             "ProcessPoolExecutor")
 
 
+def ordered(rows: Iterable[ExecutorSite]) -> tuple[ExecutorSite, ...]:
+    """Most queue wait first."""
+    return tuple(sorted(rows, key=lambda r: (-r.queue_ms, -r.run_ms, -r.calls, r.function)))
+
+
 def executor_rows(figures: Iterable[ExecutorFigures], threshold_ms: float
                   ) -> tuple[ExecutorSite, ...]:
-    """The report's rows, most queue wait first."""
-    rows = [
-        ExecutorSite(
+    """The report's rows, most queue wait first, each with its verdict."""
+    rows = []
+    for f in figures:
+        row = ExecutorSite(
             site=f.site, function=f.function, calls=f.calls, completed=f.completed,
             queue_ms=_ms(f.queue_ns), max_queue_ms=_ms(f.queue_max_ns), run_ms=_ms(f.run_ns),
             max_run_ms=_ms(f.run_max_ns), workers=f.workers,
             peak_queue_depth=f.peak_queue_depth, task=f.task,
             trace_id=f"{f.trace_id:032x}" if f.trace_id is not None else None,
             span_id=f"{f.span_id:016x}" if f.span_id is not None else None,
-            warning=pool_warning(f, threshold_ms))
-        for f in figures]
-    rows.sort(key=lambda r: (-r.queue_ms, -r.run_ms, -r.calls, r.function))
-    return tuple(rows)
+            warning=None,
+            waited=sum(count for low, count in f.queue_histogram if low >= _WAITED_NS))
+        rows.append(replace(row, warning=pool_warning(row, threshold_ms)))
+    return ordered(rows)

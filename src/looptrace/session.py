@@ -180,6 +180,8 @@ class ExecutorSite:
     span_id: str | None
     warning: str | None
     """Set when the pool, not the work, was the bottleneck (see ``looptrace.pools``)."""
+    waited: int = 0
+    """Calls that waited 1 ms or more for a worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +502,7 @@ def _read_executor(r: _Reader) -> ExecutorSite:
         max_run_ms=r["max_run_ms"].number(), workers=r["workers"].opt_integer(),
         peak_queue_depth=r["peak_queue_depth"].integer(), task=r["task"].opt_text(),
         trace_id=r["trace_id"].opt_text(), span_id=r["span_id"].opt_text(),
-        warning=r["warning"].opt_text(),
+        warning=r["warning"].opt_text(), waited=r.get("waited", 0).integer(),
     )
 
 

@@ -312,6 +312,37 @@ def _tasks(session: Session) -> str:
             "</section>")
 
 
+def _executors(session: Session) -> str:
+    """The executor calls per site (most queue wait first), each with the pool verdict."""
+    if not session.executors:
+        return ""
+    head = ("<tr><th>function</th><th>site</th><th class=\"num\">calls</th>"
+            "<th class=\"num\">queue wait</th><th class=\"num\">longest wait</th>"
+            "<th class=\"num\">run</th><th class=\"num\">longest run</th>"
+            "<th class=\"num\">workers</th><th class=\"num\">peak queue</th>"
+            "<th>task</th><th>trace</th></tr>")
+    rows = []
+    for row in session.executors:
+        trace = (f'<code title="span {_e(row.span_id)}">{_e(row.trace_id)}</code>'
+                 if row.trace_id else "")
+        rows.append(
+            f'<tr><td class="wrap"><code>{_e(row.function)}</code></td>'
+            f'<td class="wrap site">{_site_html(row.site)}</td>' + _num(row.calls)
+            + _num(row.queue_ms, _ms(row.queue_ms)) + _num(row.max_queue_ms, _ms(row.max_queue_ms))
+            + _num(row.run_ms, _ms(row.run_ms)) + _num(row.max_run_ms, _ms(row.max_run_ms))
+            + _num(row.workers) + _num(row.peak_queue_depth)
+            + f'<td class="wrap">{_e(row.task or "")}</td><td>{trace}</td></tr>')
+        if row.warning:
+            rows.append(f'<tr class="detail"><td colspan="11"><p class="advice"><b>warning:</b> '
+                        f"{_e(row.warning)}</p></td></tr>")
+    return ('<section id="executors"><h2>Executor calls <small>(run_in_executor, to_thread; '
+            'by queue wait)</small></h2><p class="none">Queue wait: from the call to a free '
+            "worker starting it; run: the function itself; task and trace: the awaiting task "
+            'of the call that waited longest.</p><div class="scroll"><table class="sortable" '
+            f'id="executor-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            "</div></section>")
+
+
 def _exemptions(session: Session) -> str:
     if not session.exemptions:
         return ""
@@ -352,6 +383,7 @@ def render(session: Session) -> str:
         _hotspots(session.hotspots, session.threshold_ms, session.sources),
         _blocks(numbered, session.dropped.get("blocks", 0)),
         _tasks(session),
+        _executors(session),
         _exemptions(session),
         _notes(session),
         f"<footer>looptrace {_e(session.looptrace_version)}, report schema "

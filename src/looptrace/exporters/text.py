@@ -11,9 +11,10 @@ import os
 
 from looptrace._text import terminal_safe as _t
 from looptrace.events import CodeLocation
-from looptrace.session import FaultSummary, Hotspot, LoopSummary, Session
+from looptrace.session import ExecutorSite, FaultSummary, Hotspot, LoopSummary, Session
 
 _MAX_HOTSPOTS = 10
+_MAX_EXECUTOR_SITES = 5
 
 
 def short_path(path: str) -> str:
@@ -68,6 +69,41 @@ def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
     return lines
 
 
+def _executor_site_lines(number: int, row: ExecutorSite) -> list[str]:
+    calls = f"{row.calls} call{'s' if row.calls != 1 else ''}"
+    workers = f"{row.workers} workers" if row.workers is not None else "workers unknown"
+    lines = [
+        f"  {number}. {_t(row.function)}  {calls}",
+        f"     at {where(row.site)}",
+        f"     queue {duration(row.queue_ms)} in all (max {duration(row.max_queue_ms)})  "
+        f"run {duration(row.run_ms)} (max {duration(row.max_run_ms)})  {workers}  "
+        f"peak queue {row.peak_queue_depth}",
+    ]
+    if row.task or row.trace_id:
+        story = [f"task {_t(row.task)}"] if row.task else []
+        if row.trace_id:
+            story.append(f"trace {row.trace_id}")
+        lines.append(f"     longest wait: {'  '.join(story)}")
+    if row.warning:
+        lines.append(f"     WARNING: {_t(row.warning)}")
+    return lines
+
+
+def executor_lines(session: Session) -> list[str]:
+    """The executor section: the sites whose calls waited longest for a worker, each with
+    the pool verdict when the pool was the bottleneck. Empty when no call was timed."""
+    rows = [row for row in session.executors if row.calls]
+    if not rows:
+        return []
+    lines = ["", "Executor calls (run_in_executor, to_thread; by queue wait)"]
+    for number, row in enumerate(rows[:_MAX_EXECUTOR_SITES], start=1):
+        lines.extend(_executor_site_lines(number, row))
+    if len(rows) > _MAX_EXECUTOR_SITES:
+        lines.append(f"  ... and {len(rows) - _MAX_EXECUTOR_SITES} more sites "
+                     "(write the full report with --json)")
+    return lines
+
+
 def _loop_lines(loop: LoopSummary) -> list[str]:
     lines = [f"  loop {loop.id}  {_t(loop.thread)}  {_t(loop.kind)}"]
     figures = []
@@ -115,6 +151,7 @@ def render(session: Session) -> str:
                          "(write the full report with --json)")
     else:
         lines.append(f"No block of the loop at or over {duration(session.threshold_ms)}.")
+    lines.extend(executor_lines(session))
     if session.loops:
         lines.append("")
         lines.append("Loops")
