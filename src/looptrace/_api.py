@@ -62,7 +62,9 @@ class _Installation:
             self.tracer.start()
             recorder = self.recorder
             inputs = SinkInputs(loops=recorder, count_dropped=recorder.drop,
-                                snapshot=self.snapshot)
+                                snapshot=self.snapshot,
+                                executors=self.tracer.executors
+                                if self.options.mode == "full" else None)
             self.sinks = _live_sinks(self.options, inputs)
             if self.sinks:
                 # Each block is converted once, on the dispatch thread, into the record

@@ -37,8 +37,8 @@ from .probes import Probes
 from .selector import FrozenTimer, detach_timer, is_real_selector, make_select_timer
 from .threadframes import current_frames
 
-SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes", "executor-calls")
-STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes", "executor-calls")
+SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
+STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes")
 HEARTBEAT_COVERAGE = ("blocks", "stacks", "probes", "lag")
 HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations",
                      # run_in_executor of a loop not built on BaseEventLoop (uvloop's is
@@ -49,6 +49,8 @@ HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations",
     ("block-spans",) if sys.version_info < (3, 12) else ())
 NATIVE = ("native-stacks", "gil-stalls")
 """What the accelerator's native sampler adds to a loop whose steps the C hook times."""
+EXECUTOR_CALLS = ("executor-calls",)
+"""Full mode on an asyncio loop: its run_in_executor calls are timed (_hooks/executors)."""
 
 
 class TracerState(Protocol):
@@ -271,6 +273,8 @@ class Doors:
 
     def _native_coverage(self, coverage: tuple[str, ...], missing: tuple[str, ...]
                          ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if self._options.mode == "full":
+            coverage += EXECUTOR_CALLS
         if self._tracer.native_reason is None:
             return coverage + NATIVE, missing
         return coverage, missing + NATIVE

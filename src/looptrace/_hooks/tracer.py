@@ -71,6 +71,9 @@ class Tracer:
         self.doors = Doors(self, options, recorder, probes=self.probes, nested=self.nested,
                            on_late_beat=self.long_steps.on_late_beat)
         self._swallowed = SwallowedFaults(recorder)  # errors the hooks caught themselves
+        # Full mode only: timing a call costs 5-12 µs on the loop and worker threads, more
+        # than the 5% of a trivial to_thread call (~110 µs) default mode may spend
+        # (benchmarks/executor_overhead.py).
         self.executors = ExecutorCalls(self.codemap, lambda exc: recorder.fault("executors", exc))
 
     # -- lifecycle
@@ -105,8 +108,9 @@ class Tracer:
         self.active = True
         if self.probes is not None:
             self.probes.patch_available()
-        self.recorder.on_fault("executors", self.executors.revert)
-        self.executors.install()
+        if options.mode == "full":
+            self.recorder.on_fault("executors", self.executors.revert)
+            self.executors.install()
 
         doors = self.doors
         self.watchdog = Watchdog(

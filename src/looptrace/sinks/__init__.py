@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from looptrace.events import LoopFigures
+from looptrace.events import ExecutorFigures, LoopFigures
 from looptrace.session import BlockEvent, Session
 
 
@@ -23,6 +23,12 @@ class LoopsView(Protocol):
     """Each loop's figures so far, copied out (safe off the loop threads)."""
 
     def loop_figures(self) -> list[LoopFigures]: ...
+
+
+class ExecutorsView(Protocol):
+    """Each executor call site's figures so far, copied out (safe off the loop threads)."""
+
+    def figures(self) -> list[ExecutorFigures]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,8 @@ class SinkInputs:
     ``dropped``."""
     snapshot: Callable[[], Session] | None = None
     """The report so far (the final one when called at close): for loop and task spans."""
+    executors: ExecutorsView | None = None
+    """Executor calls per site (full mode), for the executor histograms."""
 
 
 class LiveSink(NamedTuple):
