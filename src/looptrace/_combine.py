@@ -274,4 +274,5 @@ def _summed(known: ExecutorSite, row: ExecutorSite) -> ExecutorSite:
         run_ms=round(known.run_ms + row.run_ms, 3),
         max_run_ms=max(known.max_run_ms, row.max_run_ms),
         workers=max(workers) if workers else None,
-        peak_queue_depth=max(known.peak_queue_depth, row.peak_queue_depth))
+        peak_queue_depth=max(known.peak_queue_depth, row.peak_queue_depth),
+        tasks=tuple(dict.fromkeys(known.tasks + row.tasks))[:8])

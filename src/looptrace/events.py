@@ -258,3 +258,5 @@ class ExecutorFigures:
     queue_histogram: tuple[tuple[int, int], ...] = ()
     """(bucket_low_ns, count): log-linear buckets (see _histogram) of the queue waits."""
     run_histogram: tuple[tuple[int, int], ...] = ()
+    tasks: tuple[str, ...] = ()
+    """The awaiting tasks of the calls, first seen first (at most 8)."""

@@ -66,6 +66,7 @@ def executor_rows(figures: Iterable[ExecutorFigures], threshold_ms: float
             trace_id=f"{f.trace_id:032x}" if f.trace_id is not None else None,
             span_id=f"{f.span_id:016x}" if f.span_id is not None else None,
             warning=None,
-            waited=sum(count for low, count in f.queue_histogram if low >= _WAITED_NS))
+            waited=sum(count for low, count in f.queue_histogram if low >= _WAITED_NS),
+            tasks=f.tasks)
         rows.append(replace(row, warning=pool_warning(row, threshold_ms)))
     return ordered(rows)

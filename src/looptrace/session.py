@@ -182,6 +182,9 @@ class ExecutorSite:
     """Set when the pool, not the work, was the bottleneck (see ``looptrace.pools``)."""
     waited: int = 0
     """Calls that waited 1 ms or more for a worker."""
+    tasks: tuple[str, ...] = ()
+    """The awaiting tasks of the calls (at most 8, first seen first): a block's ``task``
+    among them is the same task, before and after its executor call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +506,7 @@ def _read_executor(r: _Reader) -> ExecutorSite:
         peak_queue_depth=r["peak_queue_depth"].integer(), task=r["task"].opt_text(),
         trace_id=r["trace_id"].opt_text(), span_id=r["span_id"].opt_text(),
         warning=r["warning"].opt_text(), waited=r.get("waited", 0).integer(),
+        tasks=r.get("tasks", []).texts(),
     )
 
 

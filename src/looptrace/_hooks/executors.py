@@ -53,6 +53,7 @@ _FOLD_AT = 4096
 _FOLD_ON_LOOP = 512
 """At most this many per submit on a loop thread (a few hundred microseconds)."""
 _MAX_DEPTH = 32
+_MAX_TASKS = 8
 _MAX_FILES = 10_000
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -76,7 +77,7 @@ class _Site:
 
     __slots__ = ("calls", "completed", "function", "location", "peak_depth", "queue_hist",
                  "queue_max_ns", "queue_ns", "run_hist", "run_max_ns", "run_ns", "span",
-                 "task", "workers")
+                 "task", "tasks", "workers")
 
     def __init__(self, location: CodeLocation | None, function: str) -> None:
         self.location = location
@@ -91,6 +92,7 @@ class _Site:
         self.peak_depth = 0
         self.task: str | None = None
         self.span: tuple[int, int, bool] | None = None
+        self.tasks: dict[str, None] = {}
         self.queue_hist: dict[int, int] = {}
         self.run_hist: dict[int, int] = {}
 
@@ -99,6 +101,8 @@ class _Site:
         self.completed += 1
         self.queue_ns += queue_ns
         self.run_ns += run_ns
+        if task is not None and task not in self.tasks and len(self.tasks) < _MAX_TASKS:
+            self.tasks[task] = None
         if queue_ns > self.queue_max_ns:
             # The call that waited longest names the task and request: the one to look at.
             self.queue_max_ns = queue_ns
@@ -119,7 +123,8 @@ class _Site:
             task=self.task, trace_id=span[0] if span else None,
             span_id=span[1] if span else None,
             queue_histogram=tuple(sorted(self.queue_hist.items())),
-            run_histogram=tuple(sorted(self.run_hist.items())))
+            run_histogram=tuple(sorted(self.run_hist.items())),
+            tasks=tuple(printable(name) for name in self.tasks))
 
 
 def _unwrapped(func: Any) -> Any:

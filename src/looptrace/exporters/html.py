@@ -331,15 +331,17 @@ def _executors(session: Session) -> str:
             + _num(row.queue_ms, _ms(row.queue_ms)) + _num(row.max_queue_ms, _ms(row.max_queue_ms))
             + _num(row.run_ms, _ms(row.run_ms)) + _num(row.max_run_ms, _ms(row.max_run_ms))
             + _num(row.workers) + _num(row.peak_queue_depth)
-            + f'<td class="wrap">{_e(row.task or "")}</td><td>{trace}</td></tr>')
+            + f'<td class="wrap">{_e(", ".join(row.tasks) or row.task or "")}</td>'
+            f"<td>{trace}</td></tr>")
         if row.warning:
             rows.append(f'<tr class="detail"><td colspan="11"><p class="advice"><b>warning:</b> '
                         f"{_e(row.warning)}</p></td></tr>")
     return ('<section id="executors"><h2>Executor calls <small>(run_in_executor, to_thread; '
             'by queue wait)</small></h2><p class="none">Queue wait: from the call to a free '
-            "worker starting it; run: the function itself; task and trace: the awaiting task "
-            'of the call that waited longest.</p><div class="scroll"><table class="sortable" '
-            f'id="executor-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            "worker starting it; run: the function itself; tasks: the awaiting tasks; trace: "
+            'the request of the call that waited longest.</p><div class="scroll">'
+            f'<table class="sortable" id="executor-table"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>'
             "</div></section>")
 
 

@@ -79,6 +79,9 @@ def _executor_site_lines(number: int, row: ExecutorSite) -> list[str]:
         f"run {duration(row.run_ms)} (max {duration(row.max_run_ms)})  {workers}  "
         f"peak queue {row.peak_queue_depth}",
     ]
+    if row.tasks:
+        more = " ..." if len(row.tasks) >= 8 else ""  # the row keeps 8
+        lines.append(f"     tasks {_t(', '.join(row.tasks))}{more}")
     if row.task or row.trace_id:
         story = [f"task {_t(row.task)}"] if row.task else []
         if row.trace_id:
