@@ -252,3 +252,25 @@ def test_the_executor_metrics_are_exported() -> None:
     assert 0.09 <= run.max <= 0.5
     (queue,) = points["looptrace.executor.queue.duration"]
     assert 0.18 <= queue.max <= 1.0
+
+
+def test_the_row_carries_the_request_of_the_call_that_waited_longest() -> None:
+    """A call made inside a span names that span's trace (the request), so an executor row
+    reads with the blocks of the same request."""
+    from otel_helpers import memory_otel
+
+    with memory_otel() as otel:
+        tracer = otel.tracer_provider.get_tracer("test")
+
+        async def main() -> str:
+            with tracer.start_as_current_span("request") as span:
+                await asyncio.to_thread(time.sleep, 0.01)  # traced-site
+                return f"{span.get_span_context().trace_id:032x}"
+
+        with looptrace.installed(mode="full", summary=False) as tracing:
+            trace_id = asyncio.run(main())
+    (row,) = _rows(tracing.snapshot(), "time.sleep")
+    assert row.site is not None and row.site.line == _line_of("# traced-site")
+    assert row.trace_id == trace_id
+    assert row.span_id is not None
+    assert f"trace {trace_id}" in text.render(tracing.snapshot())
