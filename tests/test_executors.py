@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import multiprocessing
 import threading
 import time
 from asyncio import base_events
@@ -152,7 +153,9 @@ def test_process_pools_run_untouched() -> None:
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        # Not fork: the watchdog's thread runs, and fork() with threads is unsafe (3.12 warns).
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             return await loop.run_in_executor(pool, abs, -5)
 
     with looptrace.installed(mode="full", summary=False) as tracing:
