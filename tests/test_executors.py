@@ -35,6 +35,7 @@ def _rows(session: Session, function: str) -> list[ExecutorSite]:
 
 
 async def _six_jobs_on_two_workers() -> None:
+    asyncio.current_task().set_name("six-jobs")  # type: ignore[union-attr]
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, JOB_S)  # six-jobs
@@ -61,7 +62,7 @@ def test_a_pool_of_two_given_six_jobs_waits_and_is_called_the_bottleneck() -> No
     assert 550 <= row.queue_ms <= 4 * row.run_ms
     assert 190 <= row.max_queue_ms <= 2 * row.max_run_ms + 200
     assert row.waited >= 4
-    assert row.task == "Task-1"
+    assert row.task == "six-jobs" and row.tasks == ("six-jobs",)
     assert row.warning is not None
     assert row.warning.startswith("the pool, not the work, is the bottleneck: 2 workers, ")
     assert "raise max_workers" in row.warning

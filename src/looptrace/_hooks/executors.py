@@ -302,14 +302,20 @@ class ExecutorCalls:
                 limit -= 1
                 (site, submit_ns, task, span), start_ns, end_ns = done.popleft()
                 site.add(max(start_ns - submit_ns, 0), end_ns - start_ns, task, span)
+        except Exception as exc:  # the watchdog's housekeeping or a snapshot goes on
+            self.fault(exc)
         finally:
             self._lock.release()
 
     def figures(self) -> list[ExecutorFigures]:
-        """Every site's figures so far (folds first)."""
+        """Every site's figures so far (folds first); none after an error of ours."""
         self.fold()
-        with self._lock:
-            return [site.figures() for site in list(self._sites.values())]
+        try:
+            with self._lock:
+                return [site.figures() for site in list(self._sites.values())]
+        except Exception as exc:
+            self.fault(exc)
+            return []
 
 
 def _timed_call(append: Callable[[Done], None], call: Call, func: Callable[..., Any],
