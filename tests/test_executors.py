@@ -278,3 +278,25 @@ def test_the_row_carries_the_request_of_the_call_that_waited_longest() -> None:
     assert row.trace_id == trace_id
     assert row.span_id is not None
     assert f"trace {trace_id}" in text.render(tracing.snapshot())
+
+
+def test_debug_mode_still_refuses_a_coroutine_function() -> None:
+    """In debug mode asyncio refuses a coroutine function given to run_in_executor with a
+    TypeError: with looptrace the same TypeError comes, from asyncio's own check."""
+
+    async def coroutine_function() -> None:
+        pass
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.run_in_executor(None, coroutine_function)
+        except TypeError as exc:
+            return str(exc)
+        return "no error"
+
+    expected = asyncio.run(main(), debug=True)
+    with looptrace.installed(mode="full", summary=False) as tracing:
+        assert asyncio.run(main(), debug=True) == expected
+    assert expected.startswith("coroutines cannot be used with run_in_executor()")
+    assert tracing.snapshot().executors == ()

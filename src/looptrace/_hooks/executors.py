@@ -207,7 +207,7 @@ class ExecutorCalls:
         if executor is not None and executor.__class__ is not _THREAD_POOL \
                 and not _thread_pool(executor):
             return None
-        if loop._debug and (coroutines.iscoroutine(func) or
+        if loop._debug and (not callable(func) or coroutines.iscoroutine(func) or
                             coroutines.iscoroutinefunction(func)):
             return None  # run_in_executor's own check raises its TypeError, as before
         frame = caller
