@@ -22,6 +22,7 @@ from types import ModuleType
 import pytest
 
 import looptrace
+from looptrace.session import BlockEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMOS = ROOT / "demos"
@@ -44,6 +45,13 @@ def small_heap() -> Iterator[None]:
     gc.freeze()
     yield
     gc.unfreeze()
+
+
+def by_the_code(blocks: list[BlockEvent]) -> list[BlockEvent]:
+    """The blocks the program's code made: not those of a thread that waited for a CPU
+    (``cpu.run_queue``), which a saturated machine gives any program (seen in CI's busy
+    pass: a fixed demo's ``_read_from_self`` step starved for 107 ms)."""
+    return [b for b in blocks if b.call != "cpu.run_queue"]
 
 
 def demo(name: str) -> ModuleType:
@@ -78,8 +86,8 @@ def test_async_blocking_read_is_the_hotspot_and_the_fixes_are_faster() -> None:
     assert_blocks_at(blocking, async_blocking, "download_blocking", "BLOCKS",
                      "http.client.HTTPResponse.read", minimum=len(sites) - 1)
     assert all(b.kind == "blocking-call" for b in blocking.blocks)
-    assert in_executor.blocks == [], in_executor.blocks
-    assert fully_async.blocks == [], fully_async.blocks
+    assert by_the_code(in_executor.blocks) == [], in_executor.blocks
+    assert by_the_code(fully_async.blocks) == [], fully_async.blocks
     assert blocking.wall_s >= 2 * fully_async.wall_s, (blocking.wall_s, fully_async.wall_s)
     assert blocking.wall_s >= 1.5 * in_executor.wall_s, (blocking.wall_s, in_executor.wall_s)
     # The blocked loop hardly slept (it waits only for urlopen's headers); the fixed one
@@ -129,7 +137,7 @@ def test_busy_wait_burns_cpu_and_select_does_not() -> None:
     assert busy.blocks[0].kind == "slow-step"
     assert_blocks_at(selecting, busy_wait_vs_select, "receive_with_select", "SELECT",
                      "select.select", 1)
-    assert loop_way.blocks == [], loop_way.blocks
+    assert by_the_code(loop_way.blocks) == [], loop_way.blocks
     # Only the loop that waited in epoll let the ticker run.
     assert busy_cost.ticks <= 1 and select_cost.ticks <= 1
     assert loop_cost.ticks >= 10
@@ -154,7 +162,7 @@ def test_select_scans_epoll_does_not_and_the_loop_sleeps_in_epoll() -> None:
     assert results.by_hand.slept_s >= 0.8 * results.by_hand.wall_s
 
     record = results.asyncio_record
-    assert record.blocks == [], record.blocks
+    assert by_the_code(record.blocks) == [], record.blocks
     loop = record.loop
     assert loop is not None and loop.kind == "selector:EpollSelector"
     assert loop.io_wait_ms is not None and loop.events is not None
@@ -173,7 +181,7 @@ def test_cpu_bound_work_blocks_at_the_hot_line_and_a_process_pool_frees_the_loop
     assert all(b.kind == "slow-step" for b in inline.blocks)
     assert inline_ticks.count <= 1
     assert inline_ticks.longest_gap_s >= 0.9 * sum(b.duration_ms for b in inline.blocks) / 1000
-    assert pooled.blocks == [], pooled.blocks
+    assert by_the_code(pooled.blocks) == [], pooled.blocks
     assert pooled_ticks.count >= 3
     assert pooled_ticks.longest_gap_s < inline_ticks.longest_gap_s / 2
 
@@ -192,7 +200,7 @@ def test_gather_waits_without_busy_waiting() -> None:
     assert gather_wait.finished != sorted(gather_wait.finished)  # not the creation order
 
     for record in (gathered, by_hand, polled):
-        assert record.blocks == []  # no single step was long: none of them blocks
+        assert by_the_code(record.blocks) == []  # no single step was long: none of them blocks
     for record in (gathered, by_hand):
         assert record.loop is not None and record.loop.utilization is not None
         assert record.loop.utilization < 0.1
@@ -222,7 +230,7 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
             web_service.__file__, fetch_line, "fetch_report")
         assert any(frame.line == handler_line for frame in block.stack), block.stack
         assert 130 <= block.duration_ms < 1000, block
-    assert fixed.record.blocks == [], fixed.record.blocks
+    assert by_the_code(fixed.record.blocks) == [], fixed.record.blocks
 
     slow, quick = blocking.latencies, fixed.latencies
     figures = {path: (len(slow.by_path[path]), slow.median(path), slow.percentile(path, 0.99),

@@ -51,7 +51,12 @@ def test_add_loop_context_names_task_and_loop_figures() -> None:
     async def worker() -> None:
         log.info("before")
         legacy_lookup()
-        await asyncio.sleep(0.01)
+        # The watchdog reports a block within a poll interval of its end; on a saturated
+        # machine that thread may wait for a CPU much longer (seen in CI's busy pass).
+        for _ in range(500):
+            if add_loop_context(None, "info", {}).get("loop_blocks"):
+                break
+            await asyncio.sleep(0.01)
         log.info("after", task="mine")
 
     async def main() -> None:
