@@ -14,7 +14,7 @@ import json
 
 from looptrace.exporters import chrome, jaeger_json
 from looptrace.exporters._spans import block_attributes
-from looptrace.session import BlockEvent, CodeLocation
+from looptrace.session import BlockEvent, CodeLocation, VictimEvent
 from looptrace.sinks.logs import block_fields
 
 SITE = CodeLocation("/srv/app/handlers.py", 42, "handle")
@@ -36,7 +36,11 @@ def _every_field_set() -> BlockEvent:
         samples=9, trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331",
         stack=(SITE,), gc_ms=3.5, trace_sampled=True, cpu_wait_ms=12.0, cpu_ms=160.0,
         causes=("gil",), in_progress=True, call_source="call-expression", gil_wait_ms=150.0,
-        gil_holder="worker-1", gil_holder_call="re.Pattern.match", gil_holder_site=HOLDER)
+        gil_holder="worker-1", gil_holder_call="re.Pattern.match", gil_holder_site=HOLDER,
+        victims=3, victim_delay_ms=400.0, victim_max_delay_ms=180.0,
+        victim_requests=("1af7651916cd43dd8448eb211c80319c",), victim_request_count=1,
+        victim_detail=(VictimEvent("task", "fast-1", "fast", 180.0,
+                                   "1af7651916cd43dd8448eb211c80319c", "c7ad6b7169203331"),))
 
 
 def _described_fields() -> set[str]:
@@ -74,9 +78,24 @@ def test_values_that_say_nothing_are_left_out() -> None:
     quiet = dataclasses.replace(
         _every_field_set(), gc_ms=0.0, cpu_wait_ms=0.0, cpu_ms=None, causes=(),
         in_progress=False, call_source=None, gil_wait_ms=0.0, gil_holder=None,
-        gil_holder_call=None, gil_holder_site=None)
+        gil_holder_call=None, gil_holder_site=None, victims=None, victim_delay_ms=0.0,
+        victim_max_delay_ms=0.0, victim_requests=(), victim_request_count=0, victim_detail=())
     absent = {"gc_ms", "cpu_wait_ms", "cpu_ms", "causes", "in_progress", "call_source",
-              "gil_wait_ms", "gil_holder", "gil_holder_call", "gil_holder_site"}
+              "gil_wait_ms", "gil_holder", "gil_holder_call", "gil_holder_site", "victims",
+              "victim_delay_ms", "victim_max_delay_ms", "victim_requests",
+              "victim_request_count", "victim_detail"}
     spans = {key.removeprefix("looptrace.") for key in block_attributes(quiet)}
     for shown in (spans, set(block_fields(quiet)), set(chrome._block_args(quiet))):
         assert shown & absent == set()
+
+
+def test_a_block_that_delayed_nothing_says_so_everywhere() -> None:
+    """Victims measured and none found is a fact (0), unlike not measured (absent)."""
+    none = dataclasses.replace(_every_field_set(), victims=0, victim_delay_ms=0.0,
+                               victim_max_delay_ms=0.0, victim_requests=(),
+                               victim_request_count=0, victim_detail=())
+    spans = {key.removeprefix("looptrace."): value
+             for key, value in block_attributes(none).items()}
+    for shown in (spans, block_fields(none), chrome._block_args(none)):
+        assert shown["victims"] == 0
+        assert "victim_delay_ms" not in shown and "victim_detail" not in shown

@@ -24,6 +24,8 @@ SEAMS: dict[str, tuple[str, str]] = {
     "steps-callback": ("looptrace._hooks.longsteps", "LongSteps.on_long_step"),
     # inside the long-step handling
     "steps-internal": ("looptrace._hooks.longsteps", "task_of"),
+    # who a long step delayed, read from the loop's queues when it ends
+    "victims": ("looptrace._hooks.longsteps", "collect"),
     # where every sample of a long step is kept, the watchdog's own and the native
     # sampler's alike
     "watchdog-sampling": ("looptrace._hooks.watchdog", "Watchdog._record"),

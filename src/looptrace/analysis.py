@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from ._histogram import percentile
-from .events import Block, LoopFigures, Recording, SiteFigures
+from .events import Block, LoopFigures, Recording, SiteFigures, Victims
 from .hotspots import advise
 from .session import (
     BlockEvent,
@@ -20,6 +21,7 @@ from .session import (
     Session,
     TaskSummary,
     Timeline,
+    VictimEvent,
 )
 
 
@@ -87,7 +89,25 @@ def block_event(block: Block, started_ns: int, epoch_offset_ns: int) -> BlockEve
         causes=block.causes, in_progress=block.in_progress, call_source=block.call_source,
         gil_wait_ms=ms(block.gil_wait_ns), gil_holder=block.gil_holder,
         gil_holder_call=block.gil_holder_call, gil_holder_site=block.gil_holder_site,
+        **_victim_fields(block.victims),
     )
+
+
+def _victim_fields(victims: Victims | None) -> dict[str, Any]:
+    """A block's victims as the report's flat fields (none: not measured)."""
+    if victims is None:
+        return {}
+    return {
+        "victims": victims.count, "victim_delay_ms": ms(victims.total_ns),
+        "victim_max_delay_ms": ms(victims.max_ns),
+        "victim_requests": tuple(f"{t:032x}" for t in victims.requests),
+        "victim_request_count": victims.request_count,
+        "victim_detail": tuple(
+            VictimEvent(v.kind, v.name, v.coroutine, ms(v.delay_ns),
+                        f"{v.trace_id:032x}" if v.trace_id is not None else None,
+                        f"{v.span_id:016x}" if v.span_id is not None else None)
+            for v in victims.detail),
+    }
 
 
 def timeline(recording: Recording) -> Timeline | None:

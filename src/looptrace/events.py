@@ -79,6 +79,39 @@ class ProbeCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Victim:
+    """A task or callback that a block delayed: it was ready (or its timer expired) while
+    the block ran, and could run only after it."""
+
+    kind: Literal["task", "callback"]
+    name: str
+    """The task's name, or the callback's ``module.qualname``."""
+    coroutine: str | None
+    delay_ns: int
+    """How long the block kept it waiting: from when it was due (or the block's start,
+    if it was due before) to the block's end."""
+    trace_id: int | None
+    span_id: int | None
+    """The OpenTelemetry span current where it was scheduled (its request), if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class Victims:
+    """Everything a block delayed, bounded: figures over all of them, the longest
+    delayed in detail."""
+
+    count: int
+    total_ns: int
+    max_ns: int
+    requests: tuple[int, ...]
+    """Distinct trace ids among them (the first few)."""
+    request_count: int
+    """How many distinct trace ids (among the victims whose span was read)."""
+    detail: tuple[Victim, ...]
+    """The longest delayed, longest first."""
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """One step of the loop that ran at or over the threshold: the loop was blocked."""
 
@@ -122,6 +155,8 @@ class Block:
     """What that thread was calling (same rules as ``call``)."""
     gil_holder_site: CodeLocation | None = None
     """Where that thread was (its innermost user frame, else library, else stdlib)."""
+    victims: Victims | None = None
+    """What the block delayed (None: not measured, e.g. on uvloop)."""
 
 
 @dataclass(frozen=True, slots=True)

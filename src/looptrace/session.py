@@ -77,6 +77,19 @@ class Hotspot:
 
 
 @dataclass(frozen=True, slots=True)
+class VictimEvent:
+    """A task or callback a block delayed (see ``BlockEvent.victim_detail``)."""
+
+    kind: str
+    """``task`` or ``callback``."""
+    name: str
+    coroutine: str | None
+    delay_ms: float
+    trace_id: str | None
+    span_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class BlockEvent:
     loop: int
     thread: str
@@ -107,6 +120,16 @@ class BlockEvent:
     gil_holder: str | None = None
     gil_holder_call: str | None = None
     gil_holder_site: CodeLocation | None = None
+    victims: int | None = None
+    """Tasks and callbacks the block delayed (None: not measured, e.g. on uvloop)."""
+    victim_delay_ms: float = 0.0
+    """Their delays added up."""
+    victim_max_delay_ms: float = 0.0
+    victim_requests: tuple[str, ...] = ()
+    """Trace ids of the requests they belonged to (the first 20)."""
+    victim_request_count: int = 0
+    victim_detail: tuple[VictimEvent, ...] = ()
+    """The longest delayed (at most 20), longest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +452,20 @@ def _read_block(r: _Reader) -> BlockEvent:
         gil_holder=r.get("gil_holder", None).opt_text(),
         gil_holder_call=r.get("gil_holder_call", None).opt_text(),
         gil_holder_site=_location(r.get("gil_holder_site", None)),
+        victims=r.get("victims", None).opt_integer(),
+        victim_delay_ms=r.get("victim_delay_ms", 0.0).number(),
+        victim_max_delay_ms=r.get("victim_max_delay_ms", 0.0).number(),
+        victim_requests=r.get("victim_requests", []).texts(),
+        victim_request_count=r.get("victim_request_count", 0).integer(),
+        victim_detail=tuple(_read_victim(v) for v in r.get("victim_detail", []).items()),
     )
+
+
+def _read_victim(r: _Reader) -> VictimEvent:
+    return VictimEvent(
+        kind=r["kind"].text(), name=r["name"].text(), coroutine=r["coroutine"].opt_text(),
+        delay_ms=r["delay_ms"].number(), trace_id=r.get("trace_id").opt_text(),
+        span_id=r.get("span_id").opt_text())
 
 
 def _read_task(r: _Reader) -> TaskSummary:

@@ -27,6 +27,7 @@ from looptrace.events import (
     DurationSource,
     ProbeCall,
     SiteSource,
+    Victims,
 )
 
 from .owners import task_name
@@ -137,6 +138,8 @@ class LongStep:
     """Time spent in nested runs of the loop inside the step (not the step's own time)."""
     in_progress: bool = False
     """The step had not ended: the program stopped inside it (``end_ns`` is the stop)."""
+    victims: Victims | None = None
+    """What the step delayed (None: not measured)."""
 
 
 @dataclass(slots=True)
@@ -296,5 +299,5 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         trace_id=trace_id, span_id=span_id, gc_ns=step.gc_ns, trace_sampled=trace_sampled,
         cpu_wait_ns=cpu.wait_ns if cpu is not None else 0,
         cpu_ns=cpu.on_cpu_ns if cpu is not None else None,
-        causes=causes, in_progress=step.in_progress,
+        causes=causes, in_progress=step.in_progress, victims=step.victims,
     )

@@ -31,10 +31,9 @@ def _otel_var() -> contextvars.ContextVar[Any] | None:
     return var if isinstance(var, contextvars.ContextVar) else None
 
 
-def span_ids(ctx: contextvars.Context | None) -> tuple[int, int, bool] | None:
-    """``(trace_id, span_id, sampled)`` of the span current in ``ctx`` (None: the calling
-    code's own context), or None when there is no valid span. ``sampled`` lets the block's
-    span follow its parent's sampling decision."""
+def current_span(ctx: contextvars.Context | None) -> Any:
+    """The OpenTelemetry span object current in ``ctx`` (None: the calling code's own
+    context), or None."""
     var = _otel_var()
     if var is None:
         return None
@@ -42,7 +41,18 @@ def span_ids(ctx: contextvars.Context | None) -> tuple[int, int, bool] | None:
     if not otel_context:
         return None
     key = _span_key()
-    span = otel_context.get(key) if key is not None else None
+    return otel_context.get(key) if key is not None else None
+
+
+def span_ids(ctx: contextvars.Context | None) -> tuple[int, int, bool] | None:
+    """``(trace_id, span_id, sampled)`` of the span current in ``ctx`` (None: the calling
+    code's own context), or None when there is no valid span. ``sampled`` lets the block's
+    span follow its parent's sampling decision."""
+    return ids_of(current_span(ctx))
+
+
+def ids_of(span: Any) -> tuple[int, int, bool] | None:
+    """``(trace_id, span_id, sampled)`` of a span object, or None when it is not valid."""
     if span is None:
         return None
     span_context = span.get_span_context()

@@ -15,7 +15,7 @@ from time import perf_counter_ns
 from typing import Any, Protocol
 
 from looptrace._recorder import LoopRecord, Recorder
-from looptrace.events import CodeLocation, DurationSource, SiteSource
+from looptrace.events import CodeLocation, DurationSource, SiteSource, Victims
 
 from . import context
 from .blocks import LongStep
@@ -26,6 +26,7 @@ from .nesting import NestedRuns, outside
 from .owners import await_point, callback_name, coroutine_name, task_name, task_of, unwrap_partial
 from .probes import Probes
 from .schedstat import SchedHistory
+from .victims import LiveSpans, collect
 from .watchdog import Watchdog
 
 
@@ -54,6 +55,13 @@ class LongSteps:
         self._gc_watch = gc_watch
         self._sched = sched
         self._nested = nested
+        self.live_spans = LiveSpans()
+        """Spans of recent victims, for the OpenTelemetry sink's links back."""
+        self.victims_enabled = True
+
+    def disable_victims(self) -> None:
+        """After a fault in victim collection: blocks go on, without their victims."""
+        self.victims_enabled = False
 
     def on_long_step(self, handle: Any, start_ns: int, end_ns: int, seq: int) -> None:
         """Called on the loop thread by the step hook after a step at or over the threshold."""
@@ -90,6 +98,7 @@ class LongSteps:
         gc_ns, gc_generation = self._gc_watch.within(ident, start_ns, end_ns)
         before, inside = self._sched.around(ident, start_ns, end_ns)
         end_reading = self._sched.read(ident)
+        victims = self._victims(loop, watchdog, (ident, seq), start_ns, end_ns, nested)
         watchdog.submit(LongStep(
             loop_id=record.loop_id, thread_id=ident, thread_name=thread_name,
             start_ns=start_ns, end_ns=end_ns, sample_key=(ident, seq),
@@ -103,7 +112,24 @@ class LongSteps:
             probe_calls=probe_calls, gc_ns=gc_ns, gc_generation=gc_generation,
             threshold_ns=self._threshold_ns, sched_before=before,
             sched_inside=inside, sched_end=end_reading, nested_ns=nested_ns,
-            in_progress=in_progress))
+            in_progress=in_progress, victims=victims))
+
+    def _victims(self, loop: Any, watchdog: Watchdog, key: tuple[object, int],
+                 start_ns: int, end_ns: int, nested: list[tuple[int, int]]) -> Victims | None:
+        """Who the step delayed; an error here is a fault of its own, and the block is
+        reported all the same, without its victims (and later ones without theirs)."""
+        if not self.victims_enabled:
+            return None
+        try:
+            # What was ready or due before a nested run inside the step ran in it: only
+            # the time after the last nested run counts.
+            since = max([start_ns, *(end for _, end in nested)])
+            return collect(loop, since, end_ns, watchdog.ready_at_first_look(key),
+                           self.live_spans)
+        except Exception as exc:
+            # Its own hook name: a "steps" fault would switch the step hook off.
+            self._recorder.fault("victims", exc)
+            return None
 
     def _fallback_site(self, task: Any, callback: Any) -> tuple[CodeLocation | None, SiteSource]:
         """Where the step was, when no sample says better: a task's await point after the

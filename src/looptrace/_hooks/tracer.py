@@ -101,6 +101,7 @@ class Tracer:
         self.recorder.on_fault("steps", self._disable_steps)
         self.recorder.on_fault("selector", self.doors.disable_timers)
         self.recorder.on_fault("probes", self._disable_probes)
+        self.recorder.on_fault("victims", self.long_steps.disable_victims)
         self._patches.apply(Patch(events.Handle, "_run", method))
 
         self.doors.open()

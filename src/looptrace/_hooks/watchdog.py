@@ -61,6 +61,7 @@ class Watchdog:
         self._native = native
         self._late: set[SampleKey] = set()
         self._samples: dict[tuple[object, int], StepSamples] = {}
+        self._ready_seen: dict[SampleKey, int] = {}
         self._pending: deque[LongStep] = deque()
         self._finalize_lock = threading.RLock()  # reentrant: see _hooks/probes.py
         self.dropped_sample_sites = 0
@@ -192,6 +193,7 @@ class Watchdog:
             if handle is not None and slot.seq == seq:  # re-read: no step change in between
                 running.append(((slot.thread_id, seq), slot.thread_id, start, handle, None,
                                 partial(_same_step, slot, seq, handle)))
+                self._note_ready((slot.thread_id, seq), slot, handle)
         for heartbeat in heartbeats:
             beats = heartbeat.beats
             current[heartbeat.key] = beats
@@ -209,6 +211,8 @@ class Watchdog:
             self._late.discard(key)
         if self._native is not None:
             self._native.forget(stale)
+        self._ready_seen = {key: n for key, n in self._ready_seen.items()
+                            if current.get(key[0]) == key[1]}
 
         wait = self._sample_running(running, now) if self._sampling else self._poll_ns
         if now >= self._next_housekeeping:
@@ -241,6 +245,23 @@ class Watchdog:
             wait = min(wait, self._sample_ns)
         del frames
         return wait
+
+    def _note_ready(self, key: SampleKey, slot: Any, handle: Any) -> None:
+        """How many handles were ready at the first look at a step: those after them in
+        the FIFO at its end were made ready during it (see ``_hooks/victims.py``)."""
+        if key in self._ready_seen:
+            return
+        ready = getattr(getattr(handle, "_loop", None), "_ready", None)
+        if not isinstance(ready, deque):  # not asyncio's loop: no victims measured anyway
+            return
+        count = len(ready)
+        if _same_step(slot, key[1], handle):
+            self._ready_seen[key] = count
+
+    def ready_at_first_look(self, key: SampleKey) -> int | None:
+        """``len(loop._ready)`` when this thread first saw step ``key`` run (None: it
+        did not see it). Read on the loop thread when the step ends."""
+        return self._ready_seen.get(key)
 
     def _note_sched(self, slots: list[Any], heartbeats: list[Any]) -> None:
         """Read the CPU figures of loop threads whose step counter moved, so that a block's

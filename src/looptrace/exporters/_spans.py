@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from looptrace.events import CodeLocation
-from looptrace.session import BlockEvent, LoopSummary, Session, TaskSummary
+from looptrace.session import BlockEvent, LoopSummary, Session, TaskSummary, VictimEvent
 
 AttributeValue = str | bool | int | float | tuple[str, ...]
 Attributes = dict[str, AttributeValue]
@@ -76,14 +76,17 @@ def block_attributes(event: BlockEvent) -> Attributes:
     return attributes
 
 
-def evidence_fields(event: BlockEvent) -> dict[str, str | float | bool | tuple[str, ...]]:
+EvidenceValue = str | int | float | bool | tuple[str, ...]
+
+
+def evidence_fields(event: BlockEvent) -> dict[str, EvidenceValue]:
     """What a block's evidence adds beside its site and call (how the call was known, the
     CPU and GIL figures, the causes, a block still running at stop), under the names the
     JSON report uses. Values that say nothing are left out: a cause that took no time, no
     GIL holder, a block that ended. One list for every output (spans, log events, the
     Perfetto trace), so that none of them lags behind the report."""
     site = event.gil_holder_site
-    fields: dict[str, str | float | bool | tuple[str, ...] | None] = {
+    fields: dict[str, EvidenceValue | None] = {
         "call_source": event.call_source,
         "gc_ms": event.gc_ms or None,
         "cpu_wait_ms": event.cpu_wait_ms or None,
@@ -94,8 +97,35 @@ def evidence_fields(event: BlockEvent) -> dict[str, str | float | bool | tuple[s
         "gil_holder": event.gil_holder,
         "gil_holder_call": event.gil_holder_call,
         "gil_holder_site": f"{site.file}:{site.line}" if site is not None else None,
+        **victim_fields(event),
     }
     return {name: value for name, value in fields.items() if value is not None}
+
+
+def victim_fields(event: BlockEvent) -> dict[str, EvidenceValue | None]:
+    """Who the block delayed: none when not measured; the count (even 0) when measured,
+    the rest when there were victims. Each victim in detail is one line of text
+    (``name (coroutine) 12.3 ms trace <id> span <id>``): outputs take flat values."""
+    if event.victims is None:
+        return {}
+    some = event.victims > 0
+    return {
+        "victims": event.victims,
+        "victim_delay_ms": event.victim_delay_ms if some else None,
+        "victim_max_delay_ms": event.victim_max_delay_ms if some else None,
+        "victim_requests": event.victim_requests or None,
+        "victim_request_count": event.victim_request_count or None,
+        "victim_detail": tuple(victim_line(v) for v in event.victim_detail) or None,
+    }
+
+
+def victim_line(victim: VictimEvent) -> str:
+    """One delayed task or callback, as text."""
+    text = victim.name + (f" ({victim.coroutine})" if victim.coroutine else "")
+    text += f" {victim.delay_ms:g} ms"
+    if victim.trace_id is not None:
+        text += f" trace {victim.trace_id} span {victim.span_id}"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
