@@ -64,7 +64,8 @@ class _Installation:
             inputs = SinkInputs(loops=recorder, count_dropped=recorder.drop,
                                 snapshot=self.snapshot,
                                 executors=self.tracer.executors
-                                if self.options.mode == "full" else None)
+                                if self.options.mode == "full" else None,
+                                live_span=self.tracer.long_steps.live_spans.get)
             self.sinks = _live_sinks(self.options, inputs)
             if self.sinks:
                 # Each block is converted once, on the dispatch thread, into the record

@@ -37,13 +37,14 @@ from .probes import Probes
 from .selector import FrozenTimer, detach_timer, is_real_selector, make_select_timer
 from .threadframes import current_frames
 
-SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes")
-STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes")
+# "victims": who a block delayed, read from asyncio's own queues (_hooks/victims.py).
+SELECTOR_COVERAGE = ("select-waits", "steps", "blocks", "stacks", "probes", "victims")
+STEPS_COVERAGE = ("steps", "blocks", "stacks", "probes", "victims")
 HEARTBEAT_COVERAGE = ("blocks", "stacks", "probes", "lag")
 HEARTBEAT_MISSING = ("select-waits", "steps", "busy-time", "exact-durations",
                      # run_in_executor of a loop not built on BaseEventLoop (uvloop's is
                      # Cython) is out of reach of the class patch of _hooks/executors.py.
-                     "executor-calls") + (
+                     "executor-calls", "victims") + (
     # A C task's context (hence the span of a block found by sampling) can be read only
     # through Task.get_context(), new in 3.12; on 3.11 only probed calls carry their span.
     ("block-spans",) if sys.version_info < (3, 12) else ())

@@ -146,6 +146,9 @@ class SpanRecord:
     not sampled either, under a ParentBased sampler)."""
     key: str | None = None
     parent_key: str | None = None
+    links: tuple[tuple[int, int, float], ...] = ()
+    """Spans this one links to, ``(trace_id, span_id, delay_ms)``: the requests a block
+    delayed, and by how much (``looptrace.victim.delay_ms`` on each link)."""
 
 
 def block_record(event: BlockEvent) -> SpanRecord:
@@ -155,7 +158,25 @@ def block_record(event: BlockEvent) -> SpanRecord:
     if event.trace_id is not None and event.span_id is not None:
         parent = (int(event.trace_id, 16), int(event.span_id, 16))
     return SpanRecord(BLOCK_SPAN, start, start + round(event.duration_ms * 1e6),
-                      block_attributes(event), parent, event.trace_sampled)
+                      block_attributes(event), parent, event.trace_sampled,
+                      links=victim_links(event, parent))
+
+
+def victim_links(event: BlockEvent,
+                 parent: tuple[int, int] | None) -> tuple[tuple[int, int, float], ...]:
+    """The spans of the requests the block delayed (its victims in detail), each once with
+    its longest delay; the block's own parent is not linked (it is the parent)."""
+    delays: dict[tuple[int, int], float] = {}
+    for victim in event.victim_detail:
+        if victim.trace_id is None or victim.span_id is None:
+            continue
+        try:
+            key = (int(victim.trace_id, 16), int(victim.span_id, 16))
+        except ValueError:  # a report file may say anything
+            continue
+        if key != parent and key[0] and key[1]:
+            delays[key] = max(delays.get(key, 0.0), victim.delay_ms)
+    return tuple((trace_id, span_id, delay) for (trace_id, span_id), delay in delays.items())
 
 
 def _loop_attributes(loop: LoopSummary) -> Attributes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from looptrace.events import ExecutorFigures, LoopFigures
 from looptrace.session import BlockEvent, Session
@@ -43,6 +43,9 @@ class SinkInputs:
     """The report so far (the final one when called at close): for loop and task spans."""
     executors: ExecutorsView | None = None
     """Executor calls per site (full mode), for the executor histograms."""
+    live_span: Callable[[int, int], Any] | None = None
+    """The span ``(trace_id, span_id)`` of a block's victim, if it is still in memory
+    (held weakly by the hooks): the OpenTelemetry sink links it back to the block."""
 
 
 class LiveSink(NamedTuple):

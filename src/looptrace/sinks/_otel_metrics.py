@@ -20,6 +20,9 @@ instrument                             unit       what
                                                   long it waited for a free worker
 ``looptrace.executor.run.duration``    s          histogram (full mode): per such call, how
                                                   long the function ran in the worker
+``looptrace.block.victim.delay``       s          histogram: per task or callback a block
+                                                  delayed, how long (``looptrace.kind``,
+                                                  ``looptrace.call`` of the block)
 =====================================  =========  ==========================================
 
 Loop instruments carry ``looptrace.loop.id`` and ``thread.name``. Executor instruments
@@ -91,6 +94,24 @@ def thin(deltas: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
     return [(low, max(1, count * budget // total)) for low, count in deltas]
 
 
+MAX_VICTIM_RECORDS = 1000
+"""Victim delays recorded per block at most (a record costs microseconds in the SDK)."""
+
+
+def victim_delays(event: BlockEvent) -> list[float]:
+    """Each victim's delay in milliseconds: those in detail exactly, the others (a block
+    keeps the longest 20) at their mean; at most :data:`MAX_VICTIM_RECORDS`."""
+    if not event.victims:
+        return []
+    exact = [v.delay_ms for v in event.victim_detail][:MAX_VICTIM_RECORDS]
+    rest = min(event.victims - len(event.victim_detail), MAX_VICTIM_RECORDS - len(exact))
+    if rest <= 0:
+        return exact
+    mean = max(event.victim_delay_ms - sum(v.delay_ms for v in event.victim_detail), 0.0) \
+        / (event.victims - len(event.victim_detail))
+    return exact + [mean] * rest
+
+
 class _Instruments:
     """The instruments on one MeterProvider. Made once per provider (the SDK keeps the first
     instrument of a name and its callbacks), read from whichever installation is current."""
@@ -116,6 +137,11 @@ class _Instruments:
             "looptrace.executor.run.duration", unit="s",
             description="How long the function of a run_in_executor/to_thread call ran.",
             explicit_bucket_boundaries_advisory=list(EXECUTOR_BUCKETS_S))
+        self.victim_delay = meter.create_histogram(
+            "looptrace.block.victim.delay", unit="s",
+            description="How long a block of the event loop delayed each task or callback "
+                        "that was ready or due while it ran.",
+            explicit_bucket_boundaries_advisory=list(LAG_BUCKETS_S))
         meter.create_observable_counter(
             "looptrace.eventloop.time", callbacks=[self._observe_time], unit="s",
             description="Time the event loop spent running steps (busy) or waiting in "
@@ -218,6 +244,9 @@ class LoopMetrics:
         if event.call is not None:
             attributes["looptrace.call"] = event.call
         self._instruments.blocks.add(1, attributes)
+        record = self._instruments.victim_delay.record
+        for delay_ms in victim_delays(event):
+            record(delay_ms / 1e3, attributes)
 
     # -- the lag pump (its own thread)
 

@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     NoOpTracerProvider,
     ProxyTracerProvider,
@@ -45,6 +46,10 @@ logger = logging.getLogger("looptrace")
 _SPAN_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 _METRIC_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.metric_exporter"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+VICTIM_DELAY = "looptrace.victim.delay_ms"
+"""On a link between a block's span and a delayed request's span: the delay."""
+DELAYED = "looptrace.delayed_ms"
+"""On a delayed request's span: how long blocks of other code delayed it, in all."""
 _METRICS_EXIT_S = 0.25
 _MARGIN_S = 0.05
 
@@ -199,12 +204,36 @@ class OtelSink:
                 context = _parent(*record.parent, record.parent_sampled)
             else:
                 context = Context()
+            links = [Link(SpanContext(t, s, is_remote=False, trace_flags=_SAMPLED),
+                          {VICTIM_DELAY: delay}) for t, s, delay in record.links]
             span = tracer.start_span(record.name, context=context, kind=SpanKind.INTERNAL,
                                      start_time=record.start_unix_ns,
-                                     attributes=record.attributes)
+                                     attributes=record.attributes, links=links)
             span.end(end_time=record.end_unix_ns)
+            if record.links:
+                self._link_back(span, record.links)
             if record.key is not None:
                 by_key[record.key] = span
+
+    def _link_back(self, block_span: Any, links: tuple[tuple[int, int, float], ...]) -> None:
+        """A delayed request's span that still records gets a link to the block that
+        delayed it and its delay so far (``looptrace.delayed_ms``, added up over blocks):
+        a slow request that did nothing wrong itself points at the culprit."""
+        live_span = self._inputs.live_span
+        if live_span is None or not block_span.get_span_context().trace_flags.sampled:
+            return
+        target = block_span.get_span_context()
+        for trace_id, span_id, delay in links:
+            try:
+                victim = live_span(trace_id, span_id)
+                if victim is None or not victim.is_recording():
+                    continue
+                victim.add_link(target, {VICTIM_DELAY: delay})
+                so_far = (getattr(victim, "attributes", None) or {}).get(DELAYED, 0.0)
+                total = (so_far if isinstance(so_far, int | float) else 0.0) + delay
+                victim.set_attribute(DELAYED, round(total, 3))
+            except Exception as exc:  # the application's span: never break it or us
+                logger.debug("looptrace: linking a delayed span back failed: %s", exc)
 
     # -- close
 
