@@ -45,6 +45,7 @@ def check_trace_rules(document: object) -> list[Event]:
     names: dict[tuple[int, int], str] = {}
     processes: set[int] = set()
     tracks: dict[tuple[int, int], list[Event]] = defaultdict(list)
+    flows: dict[int, list[Event]] = defaultdict(list)
     for event in events:
         assert {"ph", "pid", "tid", "name"} <= set(event), event
         assert isinstance(event["pid"], int) and isinstance(event["tid"], int)
@@ -56,6 +57,9 @@ def check_trace_rules(document: object) -> list[Event]:
             if event["name"] == "process_name":
                 processes.add(event["pid"])
                 assert event["args"]["name"]
+            continue
+        if event["ph"] in ("s", "f"):  # a flow arrow (a block to a task it delayed)
+            flows[event["id"]].append(event)
             continue
         assert event["ph"] == "X", event
         assert isinstance(event["ts"], int | float) and event["ts"] >= 0, event
@@ -73,6 +77,11 @@ def check_trace_rules(document: object) -> list[Event]:
             assert not open_ends or end <= open_ends[-1] + 1e-6, \
                 f"{piece} overlaps its parent on track {names[(pid, tid)]!r}"
             open_ends.append(end)
+    for pair in flows.values():
+        assert sorted(e["ph"] for e in pair) == ["f", "s"], pair
+        for end in pair:  # each end lies in a slice of its track, which it binds to
+            assert any(p["ts"] <= end["ts"] <= p["ts"] + p["dur"]
+                       for p in tracks[(end["pid"], end["tid"])]), end
     return list(events)
 
 

@@ -22,6 +22,7 @@ from looptrace import _seams
 from looptrace.exporters import chrome, html, text
 from looptrace.session import BlockEvent, Session
 from otel_helpers import memory_otel
+from test_chrome_trace import check_trace_rules
 
 HERE = __file__
 BLOCK_S = 0.5
@@ -313,7 +314,7 @@ def test_every_output_shows_the_victims() -> None:
     assert all(f"due-{i}" in page for i in range(3))
     assert "delayed 3" in page
 
-    events = chrome.trace_events(session)["traceEvents"]
+    events = check_trace_rules(json.loads(chrome.render(session)))
     starts = [e for e in events if e["ph"] == "s"]
     finishes = {e["id"]: e for e in events if e["ph"] == "f"}
     assert len(starts) == 3 and set(finishes) == {e["id"] for e in starts}

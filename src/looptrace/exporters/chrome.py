@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from looptrace.session import BlockEvent, Owner, Session
+from looptrace.events import task_group
+from looptrace.session import BlockEvent, Owner, Session, VictimEvent
 
 from ._spans import evidence_fields
 from .text import short_path
@@ -160,6 +161,8 @@ class _Builder:
         self.session = session
         self.loop_tracks: dict[int, Track] = {}
         self.task_tracks: dict[tuple[int, str], Track] = {}
+        self.victims: list[tuple[Slice, BlockEvent]] = []
+        """Each block with its slice on the loop track (for the flow arrows to its victims)."""
 
     def loop_track(self, loop_id: int) -> Track:
         track = self.loop_tracks.get(loop_id)
@@ -221,6 +224,7 @@ class _Builder:
         for block in session.blocks:
             piece = _block_slice(block)
             self.loop_track(block.loop).slices.append(piece)
+            self.victims.append((piece, block))
             if block.loop not in timed_loops:
                 owner = (Owner("task", block.task, block.coroutine) if block.task is not None
                          else Owner("callback", block.callback or "?", None))
@@ -242,14 +246,55 @@ class _Builder:
                            "args": {"name": track.name}})
             events.append({"ph": "M", "pid": pid, "tid": track.tid,
                            "name": "thread_sort_index", "args": {"sort_index": track.sort_index}})
-            for piece in nest(track.slices):
+            track.slices = nest(track.slices)
+            for piece in track.slices:
                 event: dict[str, Any] = {"ph": "X", "pid": pid, "tid": track.tid,
                                          "ts": piece.ts, "dur": piece.dur, "name": piece.name,
                                          "cat": piece.cat, "args": piece.args}
                 if piece.cname is not None:
                     event["cname"] = piece.cname
                 events.append(event)
+        events.extend(self.flows())
         return events
+
+    def flows(self) -> list[dict[str, Any]]:
+        """Flow arrows from each block to the next step of every task or callback it
+        delayed (in detail), where that owner has a track holding such a step (full mode
+        keeps every step; in default mode only blocking tasks have tracks). Read after the
+        tracks were nested."""
+        pid = self.session.pid
+        flows: list[dict[str, Any]] = []
+        for piece, block in self.victims:
+            loop_track = self.loop_tracks[block.loop]
+            end = piece.ts + piece.dur
+            for victim in block.victim_detail:
+                target = self._next_step(block.loop, victim, end)
+                if target is None:
+                    continue
+                track, ts = target
+                flow_id = len(flows) // 2 + 1
+                common = {"pid": pid, "name": "delayed", "cat": "victim", "id": flow_id}
+                flows.append({"ph": "s", "tid": loop_track.tid,
+                              "ts": round(end - min(1.0, piece.dur / 2), 3), **common})
+                flows.append({"ph": "f", "bp": "e", "tid": track.tid, "ts": ts,
+                              "args": {"delay_ms": victim.delay_ms}, **common})
+        return flows
+
+    def _next_step(self, loop_id: int, victim: VictimEvent,
+                   after_us: float) -> tuple[Track, float] | None:
+        # Full mode names default-named tasks as a group (Task-*); default mode's tracks
+        # hold the blocking task by its own name.
+        for name in dict.fromkeys((task_group(victim.name), victim.name)):
+            kind = "task" if victim.kind == "task" else "callback"
+            track = self.task_tracks.get(
+                (loop_id, _owner_label(Owner(kind, name, victim.coroutine))))
+            if track is None:
+                continue
+            starts = [piece.ts for piece in track.slices]
+            index = bisect.bisect_left(starts, after_us - ROUNDING_US)
+            if index < len(starts):
+                return track, starts[index]
+        return None
 
 
 def trace_events(session: Session) -> dict[str, Any]:

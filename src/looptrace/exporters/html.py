@@ -29,9 +29,10 @@ from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
 
 from ._html_assets import SCRIPT as _SCRIPT
 from ._html_assets import STYLE as _STYLE
+from ._spans import victim_line
 from ._timeline_svg import render_svg
 from .text import duration as _ms
-from .text import short_path
+from .text import short_path, victim_summary
 
 CONTEXT_LINES = 3
 """Source lines shown above and below a hotspot's site."""
@@ -268,7 +269,8 @@ def _blocks(numbered: Sequence[tuple[int, BlockEvent]], dropped: int) -> str:
                  "(max_blocks); the hotspot figures count them.</p>")
     head = ("<tr><th class=\"num\">#</th><th class=\"num\">start</th>"
             "<th class=\"num\">duration</th><th>kind</th><th>call</th><th>site</th>"
-            "<th>task</th><th class=\"num\">loop</th><th>trace</th></tr>")
+            "<th>task</th><th class=\"num\">loop</th><th>trace</th>"
+            "<th class=\"num\">delayed</th></tr>")
     rows = []
     for number, block in shown:
         task = block.task or block.callback or "?"
@@ -281,11 +283,27 @@ def _blocks(numbered: Sequence[tuple[int, BlockEvent]], dropped: int) -> str:
             + f'<td class="kind-{_e(block.kind)}">{_e(block.kind)}</td>'
             f"<td>{_e(block.call or '')}</td><td class=\"wrap\">{_site_html(block.site)}</td>"
             f'<td class="wrap">{_e(task)}</td>' + _num(block.loop)
-            + f"<td>{trace}</td></tr>")
+            + f"<td>{trace}</td>" + _victims_cell(block) + "</tr>")
     return (f'<section id="blocks"><h2>Blocks</h2>{note}<div class="scroll"><table '
             f'class="sortable" id="block-table"><thead>{head}</thead><tbody>{"".join(rows)}'
             "</tbody></table></div>"
             "</section>")
+
+
+def _victims_cell(block: BlockEvent) -> str:
+    """Who the block delayed: the count, opening to the figures and the longest delayed
+    (sortable by the count; "n/a" where not measured, e.g. on uvloop)."""
+    if block.victims is None:
+        return _num(None)
+    if not block.victims:
+        return _num(0, "0")
+    items = "".join(f"<li>{_e(victim_line(v))}</li>" for v in block.victim_detail)
+    more = block.victims - len(block.victim_detail)
+    if more > 0:
+        items += f'<li class="none">and {more} more</li>'
+    summary = victim_summary([block]) or ""
+    return (f'<td class="num wrap" data-v="{block.victims}"><details><summary>'
+            f"{block.victims}</summary><p>{_e(summary)}</p><ol>{items}</ol></details></td>")
 
 
 def _tasks(session: Session) -> str:

@@ -8,10 +8,18 @@ a newline in a task name cannot retitle the window, clear the screen or forge a 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 
 from looptrace._text import terminal_safe as _t
 from looptrace.events import CodeLocation
-from looptrace.session import ExecutorSite, FaultSummary, Hotspot, LoopSummary, Session
+from looptrace.session import (
+    BlockEvent,
+    ExecutorSite,
+    FaultSummary,
+    Hotspot,
+    LoopSummary,
+    Session,
+)
 
 _MAX_HOTSPOTS = 10
 _MAX_EXECUTOR_SITES = 5
@@ -53,7 +61,34 @@ def disabled_hook_line(fault: FaultSummary, where_from: str = "") -> str:
             "on")
 
 
-def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
+def victim_summary(blocks: Iterable[BlockEvent]) -> str | None:
+    """What some blocks cost others: ``delayed 37 tasks and callbacks by 4.20 s in all,
+    longest 181 ms, in 19 requests``; None when nothing was measured or delayed."""
+    measured = [b for b in blocks if b.victims]
+    count = sum(b.victims or 0 for b in measured)
+    if not count:
+        return None
+    total = sum(b.victim_delay_ms for b in measured)
+    longest = max(b.victim_max_delay_ms for b in measured)
+    what = "task or callback" if count == 1 else "tasks and callbacks"
+    text = (f"delayed {count} {what} by {duration(total)} in all, "
+            f"longest {duration(longest)}")
+    requests = {t for b in measured for t in b.victim_requests}
+    # A block keeps the first 20 trace ids; beyond, only their number.
+    seen = max([len(requests), *(b.victim_request_count for b in measured)])
+    if seen:
+        more = "at least " if seen > len(requests) or any(
+            b.victim_request_count > len(b.victim_requests) for b in measured) else ""
+        text += f", in {more}{seen} request{'s' if seen != 1 else ''}"
+    return text
+
+
+def _same_site(block: BlockEvent, hotspot: Hotspot) -> bool:
+    return (block.kind, block.call, block.site) == (hotspot.kind, hotspot.call, hotspot.site)
+
+
+def _hotspot_lines(number: int, hotspot: Hotspot,
+                   blocks: Sequence[BlockEvent] = ()) -> list[str]:
     title = _t(hotspot.call) if hotspot.call else "(no blocking function named)"
     lines = [
         f"  {number}. {_t(hotspot.kind)}  {title}",
@@ -64,6 +99,9 @@ def _hotspot_lines(number: int, hotspot: Hotspot) -> list[str]:
     ]
     if hotspot.task or hotspot.coroutine:
         lines.append(f"     task {_t(hotspot.task or '?')} ({_t(hotspot.coroutine or '?')})")
+    victims = victim_summary(b for b in blocks if _same_site(b, hotspot))
+    if victims:
+        lines.append(f"     {victims}")
     if hotspot.advice:
         lines.append(f"     fix: {_t(hotspot.advice)}")
     return lines
@@ -148,7 +186,7 @@ def render(session: Session) -> str:
     if session.hotspots:
         lines.append("Hotspots (by total time)")
         for number, hotspot in enumerate(session.hotspots[:_MAX_HOTSPOTS], start=1):
-            lines.extend(_hotspot_lines(number, hotspot))
+            lines.extend(_hotspot_lines(number, hotspot, session.blocks))
         if len(session.hotspots) > _MAX_HOTSPOTS:
             lines.append(f"  ... and {len(session.hotspots) - _MAX_HOTSPOTS} more "
                          "(write the full report with --json)")
