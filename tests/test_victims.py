@@ -19,7 +19,7 @@ from opentelemetry.trace import Tracer
 
 import looptrace
 from looptrace import _seams
-from looptrace.exporters import chrome, html, text
+from looptrace.exporters import chrome, html, jaeger_json, text
 from looptrace.session import BlockEvent, Session
 from otel_helpers import memory_otel
 from test_chrome_trace import check_trace_rules
@@ -210,6 +210,13 @@ def test_victims_in_requests_link_the_block_span_and_back(spans: Any) -> None:
         assert len(back) == 1, "the delayed request points at the block that delayed it"
         assert dict(back[0].attributes or {})["looptrace.victim.delay_ms"] == delay
         assert dict(span.attributes or {})["looptrace.delayed_ms"] == pytest.approx(delay)
+    # The Jaeger file shows the same links, as Jaeger shows OTLP links.
+    spans_in_file = [span for trace in jaeger_json.document(session)["data"]
+                     for span in trace["spans"]
+                     if span["startTime"] == event.start_unix_ns // 1000]
+    (in_file,) = spans_in_file
+    assert {r["spanID"] for r in in_file["references"] if r["refType"] == "FOLLOWS_FROM"} \
+        == {f"{s.context.span_id:016x}" for s in requests.values()}
 
 
 def test_each_victim_delay_is_a_metric_record(spans: Any) -> None:

@@ -53,6 +53,9 @@ def _span(record: SpanRecord, trace_id: str, span_id: str, version: str) -> dict
     if record.parent is not None:
         references.append({"refType": "CHILD_OF", "traceID": f"{record.parent[0]:032x}",
                            "spanID": f"{record.parent[1]:016x}"})
+    # Links (the requests a block delayed) as Jaeger shows OTLP span links.
+    references += [{"refType": "FOLLOWS_FROM", "traceID": f"{trace:032x}",
+                    "spanID": f"{span:016x}"} for trace, span, _ in record.links]
     tags = [_tag(key, value) for key, value in record.attributes.items()]
     tags += [_tag("otel.scope.name", SCOPE_NAME), _tag("otel.scope.version", version),
              _tag("span.kind", "internal")]
