@@ -8,7 +8,7 @@ Conventions the pages follow (and these tests rely on):
   interpreter and ``looptrace`` is ``python -m looptrace``. Commands that need something
   outside the machine (a Jaeger, a network) are shown in ```` ```bash ```` blocks instead.
 - The *verdict lines* of a transcript (looptrace's summary and hotspot lines, the demos'
-  ``looptrace:`` lines, ``No block``) must appear in the new output, with every measured
+  ``looptrace:`` lines, ``No block``, who a block ``delayed``) must appear in the new output, with every measured
   number masked but line numbers kept: a page whose demo moved a line, or whose verdict
   changed, fails here.
 - ``<!-- include: PATH -->`` before a fenced block: the block is that file, verbatim.
@@ -41,7 +41,8 @@ _INCLUDE = re.compile(r"<!-- include: (\S+) -->\s*\n```\w*\n(.*?)^```\s*$",
                       re.MULTILINE | re.DOTALL)
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 _VERDICT = re.compile(r"^\s*(looptrace: |\d+\. (blocking-call|slow-step) |at \S+:\d+ in |"
-                      r"No block of the loop|\d+ blocks? \S+ at line \d+ in )")
+                      r"No block of the loop|\d+ blocks? \S+ at line \d+ in |"
+                      r"delayed \d+ tasks? )")
 
 
 @dataclass(frozen=True)
