@@ -8,9 +8,9 @@ Conventions the pages follow (and these tests rely on):
   interpreter and ``looptrace`` is ``python -m looptrace``. Commands that need something
   outside the machine (a Jaeger, a network) are shown in ```` ```bash ```` blocks instead.
 - The *verdict lines* of a transcript (looptrace's summary and hotspot lines, the demos'
-  ``looptrace:`` lines, ``No block``, who a block ``delayed``) must appear in the new output, with every measured
-  number masked but line numbers kept: a page whose demo moved a line, or whose verdict
-  changed, fails here.
+  ``looptrace:`` lines, ``No block``, who a block ``delayed``) must appear in the new
+  output, with every measured number masked but line numbers kept: a page whose demo
+  moved a line, or whose verdict changed, fails here.
 - ``<!-- include: PATH -->`` before a fenced block: the block is that file, verbatim.
 - The options table of ``docs/configuration.md`` is what ``scripts/docs_config.py`` makes
   from the code.

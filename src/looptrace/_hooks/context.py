@@ -31,6 +31,11 @@ def _otel_var() -> contextvars.ContextVar[Any] | None:
     return var if isinstance(var, contextvars.ContextVar) else None
 
 
+def readable() -> bool:
+    """Whether the program imported OpenTelemetry's context at all (else no span to read)."""
+    return _otel_var() is not None
+
+
 def current_span(ctx: contextvars.Context | None) -> Any:
     """The OpenTelemetry span object current in ``ctx`` (None: the calling code's own
     context), or None."""
