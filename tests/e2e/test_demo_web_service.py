@@ -73,9 +73,15 @@ def test_demo_blocks_arrive_inside_their_report_requests(jaeger: Jaeger) -> None
             assert tags["code.function.name"] == "fetch_report"
             assert tags["code.line.number"] == _line_of("SYNC CALL")
             assert tags["code.file.path"] == str(DEMO)
-            (reference,) = span["references"]
-            assert reference["refType"] == "CHILD_OF"
+            (reference,) = [r for r in span["references"] if r["refType"] == "CHILD_OF"]
             parent = spans[reference["spanID"]]
+            # The other references are links to the requests the block delayed (its
+            # victims, e.g. an /orders request whose 10 ms sleep ended during the block):
+            # each in a request of its own, never the block's own.
+            for link in span["references"]:
+                if link["refType"] != "CHILD_OF":
+                    assert link["refType"] == "FOLLOWS_FROM", link
+                    assert link["spanID"] != reference["spanID"], link
             assert parent["operationName"] == "GET /report"
             assert 130_000 <= span["duration"] < 1_000_000  # µs: the backend's 150 ms
     assert spans_found == blocks
