@@ -87,7 +87,8 @@ def mask(line: str) -> str:
     """A line with its measurements masked: numbers (not line numbers), units, plurals."""
     line = re.sub(r"(?<![\w:.-])(?<!line )\d+(?:\.\d+)?", "#", line.strip())
     line = re.sub(r"# (?:ms|s|us)\b", "# t", line)
-    return re.sub(r"\b(block|test|loop)s\b", r"\1", line)
+    line = line.replace("task or callback", "tasks and callbacks")
+    return re.sub(r"\b(block|test|loop|request)s\b", r"\1", line)
 
 
 @pytest.fixture(scope="session")

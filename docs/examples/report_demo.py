@@ -48,8 +48,10 @@ async def download(url: str) -> int:
     return len(await loop.run_in_executor(None, response.read))
 
 
-async def crunch() -> None:
-    await asyncio.sleep(0.01)
+async def crunch(after: asyncio.Task) -> None:
+    # After the blocking read: had the checksum run while the body was on its way, the
+    # body would be there when read() began, and read() would not block.
+    await asyncio.wait([after])
     checksum(b"payload" * 2000)
 
 
@@ -59,10 +61,11 @@ async def heartbeat() -> None:
 
 
 async def main(url: str) -> None:
+    blocking = asyncio.create_task(download_blocking(url), name="download-blocking")
     await asyncio.gather(
-        asyncio.create_task(download_blocking(url), name="download-blocking"),
+        blocking,
         asyncio.create_task(download(url), name="download"),
-        asyncio.create_task(crunch(), name="crunch"),
+        asyncio.create_task(crunch(blocking), name="crunch"),
         asyncio.create_task(heartbeat(), name="heartbeat"),
     )
 
