@@ -30,8 +30,8 @@ def work(cpu_ms: float) -> int:
 
 async def main(blocks: int, cpu_ms: float) -> None:
     for _ in range(blocks):
-        await asyncio.sleep(0.02)
-        work(cpu_ms)
+        await asyncio.sleep(0.02)  # starved-await
+        work(cpu_ms)  # starved-call
 
 
 def run(blocks: int, cpu_ms: float) -> None:
