@@ -170,12 +170,12 @@ class Resolver:
         if chosen < 0:
             return Located(None, None, None, stack)
         site, filename, where = frames[chosen]
-        if chosen > 0:
-            if categories[chosen - 1] == LOOPTRACE:
-                return Located(site, None, None, stack)
+        if chosen > 0 and categories[chosen - 1] != LOOPTRACE:
             below, below_file, _ = frames[chosen - 1]
             return Located(site, f"{self.module_of(below_file)}.{below.function}",
                            "python-frame", stack)
+        # C code runs above the site, or looptrace's own Python does on its behalf (a gc
+        # callback inside gc.collect(), a probe's wrapper): the site's own call names it.
         if categories[chosen] != USER:
             # A library or the standard library calls C code directly (a worker thread
             # in re.match): its own function is the most telling name.

@@ -36,7 +36,9 @@ class GilWait:
     first_ns: int = 0
     last_ns: int = 0
     holders: Counter[int] = field(default_factory=Counter)
-    held: dict[int, Located] = field(default_factory=dict)
+    held: dict[int, Counter[Located]] = field(default_factory=dict)
+    """Per holder: where its looks found it (the most frequent names the stall: a single
+    look may land in a moment the holder spends elsewhere)."""
     held_cpu: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Per holder: its CPU time at the first and the last look."""
 
@@ -47,7 +49,7 @@ class GilWait:
         self.last_ns = sample.t_ns
         self.holders[sample.holder] += 1
         if sample.held is not None and sample.held.site is not None:
-            self.held[sample.holder] = sample.held
+            self.held.setdefault(sample.holder, Counter())[sample.held] += 1
         if sample.held_cpu_ns is not None:
             first = self.held_cpu.get(sample.holder, (sample.held_cpu_ns, 0))[0]
             self.held_cpu[sample.holder] = (first, sample.held_cpu_ns)
@@ -59,7 +61,8 @@ class GilWait:
 
     def holder(self) -> tuple[int, Located | None]:
         ident = self.holders.most_common(1)[0][0]
-        return ident, self.held.get(ident)
+        seen = self.held.get(ident)
+        return ident, seen.most_common(1)[0][0] if seen else None
 
 
 class ThreadNames:
