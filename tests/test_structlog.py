@@ -182,6 +182,30 @@ def test_block_is_one_stdlib_record(caplog: pytest.LogCaptureFixture) -> None:
     assert "trace_id" not in fields  # no span was current
 
 
+def test_stdlib_message_says_who_the_block_delayed(caplog: pytest.LogCaptureFixture) -> None:
+    """The readable message names the block's victims: three tasks whose 10 ms timers
+    expired during an 80 ms block were each delayed most of it."""
+    async def tick() -> None:
+        await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        ticks = [asyncio.create_task(tick()) for _ in range(3)]
+        await asyncio.sleep(0)  # the ticks start their timers
+        legacy_lookup()
+        await asyncio.gather(*ticks)
+
+    with caplog.at_level(logging.WARNING, logger="looptrace"), \
+            looptrace.installed(threshold_ms=30, log="stdlib"):
+        asyncio.run(main())
+    records = [r for r in caplog.records if r.__dict__.get("call") == "time.sleep"]
+    assert len(records) == 1, caplog.records
+    fields = records[0].__dict__
+    assert fields["victims"] >= 3
+    assert fields["victim_max_delay_ms"] >= 40  # the block less the timers' 10 ms, less slack
+    assert "delayed 3 tasks and callbacks by" in records[0].getMessage() or \
+        f"delayed {fields['victims']} tasks and callbacks by" in records[0].getMessage()
+
+
 def test_structlog_is_never_configured() -> None:
     """In a program that never configures structlog, install(log="structlog") leaves it
     unconfigured: the block event goes through structlog's own defaults (to stdout)."""

@@ -57,13 +57,23 @@ def block_fields(event: BlockEvent) -> dict[str, Any]:
 
 
 def describe(fields: dict[str, Any]) -> str:
-    """One line for people: ``loop blocked 120.3 ms by time.sleep at app.py:4 in f (task t)``."""
+    """One line for people: ``loop blocked 120.3 ms by time.sleep at app.py:4 in f (task t),
+    delayed 3 tasks and callbacks by 250.1 ms in all (longest 110.2 ms)``."""
     what = f"by {fields['call']}" if fields.get("call") else "(no blocking function named)"
     where = fields.get("site") or "an unknown site"
     if fields.get("function"):
         where += f" in {fields['function']}"
     owner = fields.get("task") or fields.get("callback") or "?"
     text = f"loop blocked {fields['duration_ms']:.1f} ms {what} at {where} (task {owner})"
+    if fields.get("victims"):
+        # Who paid: the on-call reader's next question (victims are measured when it ends).
+        count = fields["victims"]
+        text += (f", delayed {count} {'task or callback' if count == 1 else 'tasks and callbacks'}"
+                 f" by {fields['victim_delay_ms']:.1f} ms in all"
+                 f" (longest {fields['victim_max_delay_ms']:.1f} ms)")
+        requests = fields.get("victim_request_count")
+        if requests:
+            text += f" in {requests} request{'s' if requests != 1 else ''}"
     if fields.get("trace_id"):
         text += f" trace {fields['trace_id']} span {fields['span_id']}"
     return text
