@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -141,6 +143,53 @@ def test_a_callback_queued_before_the_block_is_a_victim_one_it_queues_itself_is_
     assert victim.kind == "callback" and victim.name.endswith("queued_before")
     expected = (truth.end - truth.start) * 1000
     assert expected - EARLY_MS <= victim.delay_ms <= expected + LATE_MS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_request_that_arrived_during_a_block_is_its_victim(mode: str) -> None:
+    """A client (its own thread, plain socket, loopback) sends a request 200 ms into a
+    500 ms block: the server connection's reader is a victim, delayed from about when the
+    bytes arrived to the block's end (within one watchdog look, a quarter of the
+    threshold); a connection that stays silent is not."""
+    truth = Truth()
+    sent: list[float] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # the silent connection's handler stays here
+        writer.close()
+
+    def client(port: int, connected: threading.Event, go: threading.Event) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as silent, \
+                socket.create_connection(("127.0.0.1", port)) as talker:
+            connected.set()
+            go.wait(5)
+            time.sleep(BLOCK_S * 0.4)
+            sent.append(time.monotonic())  # the loop's clock
+            talker.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            talker.recv(100)  # until the server answers (closes)
+            silent.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connected, go = threading.Event(), threading.Event()
+        thread = threading.Thread(target=client, args=(port, connected, go))
+        thread.start()
+        await asyncio.to_thread(connected.wait, 5)
+        await asyncio.sleep(0.1)  # the loop accepts both connections; their readers wait
+        go.set()
+        block(truth)
+        await asyncio.to_thread(thread.join, 5)
+        server.close()
+
+    event = the_block(run(main, mode))
+    readers = [v for v in event.victim_detail if v.name.endswith("_read_ready")]
+    assert len(readers) == 1, event.victim_detail
+    (reader,) = readers
+    look_ms = THRESHOLD_MS / 4
+    expected = (truth.end - sent[0]) * 1000
+    assert expected - look_ms - EARLY_MS <= reader.delay_ms <= expected + LATE_MS, \
+        (reader, expected)
 
 
 def test_a_block_with_nothing_waiting_has_no_victims() -> None:

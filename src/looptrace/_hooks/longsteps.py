@@ -125,7 +125,7 @@ class LongSteps:
             # the time after the last nested run counts.
             since = max([start_ns, *(end for _, end in nested)])
             return collect(loop, since, end_ns, watchdog.ready_at_first_look(key),
-                           self.live_spans)
+                           self.live_spans, watchdog.arrived_io.get(key))
         except Exception as exc:
             # Its own hook name: a "steps" fault would switch the step hook off.
             self._recorder.fault("victims", exc)

@@ -14,18 +14,29 @@ say who was waiting for it:
   and only that many handles from the head of the FIFO count. Without that count (the
   watchdog had not looked yet) every handle counts, which may include the block's own.
 
-I/O that arrived during the block is not counted: finding it would mean polling the
-selector, which consumes edge-triggered events or costs a syscall per block; the lag
-figures of the loop cover it. Nothing here runs per step: only once per block. Loops
+- a socket that became readable during the block (a request arriving, a response to a
+  request in flight): its reader callback waits for the block to end. asyncio registers
+  sockets level-triggered, so asking the loop's epoll which are readable (``poll(0)``)
+  takes nothing from the loop. The watchdog asks at each of its looks at a long step
+  (:class:`ArrivedIo`, from its own thread: an epoll may be polled by two threads); the
+  reader is delayed from the first look that saw its socket readable (from the block's
+  start, if that was before) to the block's end, and one only readable at the end from the
+  last look: within one look (a quarter of the threshold) of the truth. Sockets of other
+  selectors, or of blocks the watchdog never looked at, are not counted.
+
+Nothing here runs per step: only once per block (and once per look at a long step). Loops
 without these internals (uvloop) have victims "not measured" (None).
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
+import selectors
 import threading
 import weakref
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from looptrace._clock import now_ns
@@ -42,6 +53,9 @@ _MAX_SPAN_READS = 1000
 """Victims whose request is read per block (a span read costs about a microsecond)."""
 _MAX_LIVE_SPANS = 256
 _MAX_WAITERS = 8
+_MAX_FDS = 1000
+"""Readable sockets read per look and per block."""
+_MAX_LOOKED_STEPS = 64
 
 
 class LiveSpans:
@@ -70,8 +84,68 @@ class LiveSpans:
         return ref() if ref is not None else None
 
 
+SampleKey = tuple[object, int]
+_NOT_READABLE = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 0
+
+
+def raw_epoll(loop: Any) -> Any:
+    """The loop's ``select.epoll`` object, or None for other selectors (a ``select.poll``
+    refuses two threads at once, and a select() needs the loop's fd sets)."""
+    selector = getattr(loop, "_selector", None)
+    if not isinstance(selector, getattr(selectors, "EpollSelector", ())):
+        return None
+    raw = getattr(selector, "_selector", None)
+    return raw if isinstance(raw, select.epoll) else None
+
+
+def readable_fds(raw: Any) -> list[int]:
+    """The fds the epoll reports readable now, without waiting and without taking any event
+    from the loop (level-triggered). Read as asyncio's EpollSelector reads a mask."""
+    return [fd for fd, mask in raw.poll(0) if mask & ~_NOT_READABLE]
+
+
+@dataclass(slots=True)
+class IoLooks:
+    """The watchdog's looks at one long step's loop: when it first saw each fd readable."""
+
+    first_ns: int
+    last_ns: int
+    seen: dict[int, int] = field(default_factory=dict)
+
+
+class ArrivedIo:
+    """Readable sockets seen by the watchdog while steps ran long, per step (bounded)."""
+
+    def __init__(self) -> None:
+        self._looks: dict[SampleKey, IoLooks] = {}
+
+    def look(self, key: SampleKey, loop: Any, now: int) -> None:
+        """Called from the watchdog's thread at each look at a long step of ``loop``."""
+        raw = raw_epoll(loop)
+        if raw is None:
+            return
+        fds = readable_fds(raw)
+        looks = self._looks.get(key)
+        if looks is None:
+            if len(self._looks) >= _MAX_LOOKED_STEPS:
+                return
+            looks = self._looks[key] = IoLooks(now, now)
+        looks.last_ns = now
+        for fd in fds[:_MAX_FDS]:
+            looks.seen.setdefault(fd, now)
+
+    def get(self, key: SampleKey) -> IoLooks | None:
+        return self._looks.get(key)
+
+    def keep_only(self, current: dict[object, int]) -> None:
+        """Forget the steps that ended (``current``: each loop thread's running step)."""
+        if self._looks:
+            self._looks = {key: looks for key, looks in self._looks.items()
+                           if current.get(key[0]) == key[1]}
+
+
 def collect(loop: Any, start_ns: int, end_ns: int, ready_before: int | None,
-            spans: LiveSpans | None = None) -> Victims | None:
+            spans: LiveSpans | None = None, io: IoLooks | None = None) -> Victims | None:
     """The victims of a block of ``loop`` from ``start_ns`` to ``end_ns`` (perf_counter
     nanoseconds), or None when the loop's queues cannot be read (not measured)."""
     queues = _queues(loop)
@@ -89,9 +163,37 @@ def collect(loop: Any, start_ns: int, end_ns: int, ready_before: int | None,
             found.append((whole, handle))
     timers = [(end_ns - max(when_ns, start_ns), handle)
               for when_ns, handle in _expired(scheduled, end_ns, offset_ns)]
+    if io is not None:
+        queued = {id(handle) for handle in ready}
+        timers.extend(pair for pair in _arrived(loop, io, start_ns, end_ns)
+                      if id(pair[1]) not in queued)  # its reader already waits in the queue
     timers.sort(key=lambda pair: -pair[0])
     found.extend(timers)
     return _summarise(found, spans)
+
+
+def _arrived(loop: Any, io: IoLooks, start_ns: int, end_ns: int) -> list[tuple[int, Any]]:
+    """``(delay_ns, reader handle)`` of the sockets readable at the block's end (read on the
+    loop thread). The loop's self-pipe is left out: what other threads sent through it is
+    in the ready queue already."""
+    raw = raw_epoll(loop)
+    if raw is None:
+        return []
+    own = getattr(getattr(loop, "_ssock", None), "fileno", lambda: -1)()
+    keys = loop._selector.get_map()
+    found: list[tuple[int, Any]] = []
+    for fd in readable_fds(raw)[:_MAX_FDS]:
+        key = keys.get(fd) if fd != own else None
+        data = getattr(key, "data", None)
+        reader = data[0] if isinstance(data, tuple) and data else None
+        if reader is None or getattr(reader, "_cancelled", False):
+            continue
+        # A look may run as the step ends (the watchdog's thread): one after the end
+        # knows nothing of the block.
+        delay = end_ns - max(min(io.seen.get(fd, io.last_ns), end_ns), start_ns)
+        if delay > 0:
+            found.append((delay, reader))
+    return found
 
 
 def _queues(loop: Any) -> tuple[list[Any], list[Any], float] | None:

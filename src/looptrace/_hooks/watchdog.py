@@ -33,6 +33,7 @@ from .native import NativeSample
 from .nativefeed import NativeFeed, SampleKey
 from .owners import coroutine_name
 from .threadframes import current_frames
+from .victims import ArrivedIo
 
 _MIN_WAIT_NS = 500_000
 _MAX_POLL_NS = 50_000_000
@@ -62,6 +63,8 @@ class Watchdog:
         self._late: set[SampleKey] = set()
         self._samples: dict[tuple[object, int], StepSamples] = {}
         self._ready_seen: dict[SampleKey, int] = {}
+        self.arrived_io = ArrivedIo()
+        """Sockets seen readable during long steps (the blocks' I/O victims)."""
         self._pending: deque[LongStep] = deque()
         self._finalize_lock = threading.RLock()  # reentrant: see _hooks/probes.py
         self.dropped_sample_sites = 0
@@ -213,6 +216,8 @@ class Watchdog:
             self._native.forget(stale)
         self._ready_seen = {key: n for key, n in self._ready_seen.items()
                             if current.get(key[0]) == key[1]}
+        self.arrived_io.keep_only(current)
+        self._look_at_io(running, now)
 
         wait = self._sample_running(running, now) if self._sampling else self._poll_ns
         if now >= self._next_housekeeping:
@@ -245,6 +250,12 @@ class Watchdog:
             wait = min(wait, self._sample_ns)
         del frames
         return wait
+
+    def _look_at_io(self, running: list[_Running], now: int) -> None:
+        """Which sockets of a loop in a long step became readable (``_hooks/victims.py``)."""
+        for key, _, start, handle, _, _ in running:
+            if handle is not None and now - start >= self._arm_ns:
+                self.arrived_io.look(key, getattr(handle, "_loop", None), now)
 
     def _note_ready(self, key: SampleKey, slot: Any, handle: Any) -> None:
         """How many handles were ready at the first look at a step: those after them in
