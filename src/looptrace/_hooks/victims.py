@@ -101,7 +101,11 @@ def raw_epoll(loop: Any) -> Any:
 def readable_fds(raw: Any) -> list[int]:
     """The fds the epoll reports readable now, without waiting and without taking any event
     from the loop (level-triggered). Read as asyncio's EpollSelector reads a mask."""
-    return [fd for fd, mask in raw.poll(0) if mask & ~_NOT_READABLE]
+    try:
+        events = raw.poll(0)
+    except (OSError, ValueError):  # the loop closed it meanwhile: nothing to say
+        return []
+    return [fd for fd, mask in events if mask & ~_NOT_READABLE]
 
 
 @dataclass(slots=True)
