@@ -185,6 +185,8 @@ def _arrived(loop: Any, io: IoLooks, start_ns: int, end_ns: int) -> list[tuple[i
         return []
     own = getattr(getattr(loop, "_ssock", None), "fileno", lambda: -1)()
     keys = loop._selector.get_map()
+    if keys is None:  # closed
+        return []
     found: list[tuple[int, Any]] = []
     for fd in readable_fds(raw)[:_MAX_FDS]:
         key = keys.get(fd) if fd != own else None
