@@ -116,6 +116,9 @@ class BoundedSpanProcessor(SpanProcessor):
         self._closing = False
         self._abandoned = False
         self._in_flight = 0
+        self._exit_left = 0
+        """Spans of the exit flush not yet sent (each span is counted once: by whoever
+        takes it from the queue, the worker's batch or the exit flush, under the lock)."""
         self.exported = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="looptrace-otlp-spans",
@@ -199,10 +202,12 @@ class BoundedSpanProcessor(SpanProcessor):
         if self._thread is not threading.current_thread():
             self._thread.join(max((deadline - time.monotonic()) * 0.4, 0.0))
         with self._wake:
-            stuck = self._in_flight if self._thread.is_alive() else 0
+            alive = self._thread.is_alive() and not self._abandoned  # give_up() counted it
+            stuck = self._in_flight if alive else 0
             self._abandoned = True  # the worker must not count that batch again
             pending = list(self._queue)
             self._queue.clear()
+            self._exit_left = len(pending)
         self._drop(stuck)
         final = self._exporter
         if self._exporter_for_exit is not None:
@@ -216,9 +221,28 @@ class BoundedSpanProcessor(SpanProcessor):
             if not _export(final, batch):
                 break  # the collector is not taking spans: do not try the rest
             sent += len(batch)
+            with self._wake:
+                self._exit_left = max(self._exit_left - len(batch), 0)
         self.exported += sent
-        self._drop(len(pending) - sent)
+        with self._wake:
+            left, self._exit_left = self._exit_left, 0
+        self._drop(left)
         _shutdown_exporter(final)
+
+    def give_up(self) -> None:
+        """The exit's deadline passed with spans still on their way (a collector that never
+        answers, a starved machine): count every span not yet sent as dropped now, so the
+        report has them. A send that still succeeds later is not taken back."""
+        with self._wake:
+            lost = len(self._queue) + self._exit_left
+            self._queue.clear()
+            self._exit_left = 0
+            if not self._abandoned:
+                lost += self._in_flight
+            self._abandoned = True
+            self._closing = True
+            self._wake.notify_all()
+        self._drop(lost)
 
     @property
     def exporter(self) -> SpanExporter:

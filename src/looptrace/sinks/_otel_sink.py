@@ -261,6 +261,10 @@ class OtelSink:
             return
         if not _on_loop_thread():
             worker.join(max(deadline - time.monotonic(), 0.0))
+            if worker.is_alive() and self._own_processor is not None:
+                # Out of time: what is still unsent is lost, and the report, written next,
+                # must say so (the worker would count it only after).
+                self._own_processor.give_up()
 
     def _shutdown(self, deadline: float) -> None:
         try:
