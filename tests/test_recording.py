@@ -290,7 +290,7 @@ def test_block_under_uvloop_is_found_by_the_heartbeat() -> None:
         time.sleep(0.3)  # UVLOOP_SLEEP
         await asyncio.sleep(0.05)
         busy_loop(0.3)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # UVLOOP_AFTER_BUSY
 
     with looptrace.installed(threshold_ms=50) as tracing, \
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -311,7 +311,13 @@ def test_block_under_uvloop_is_found_by_the_heartbeat() -> None:
     assert sleep_block.site.line == line_of(HERE, "# UVLOOP_SLEEP")
     assert 240 <= sleep_block.duration_ms <= 500
     assert cpu_block.kind == "slow-step"
-    assert cpu_block.site is not None and cpu_block.site.function == "busy_loop"
+    assert cpu_block.site is not None
+    if cpu_block.site_source == "late-sample" and cpu_block.site.function != "busy_loop":
+        # The watchdog, starved by a saturated machine, first looked as the step was
+        # ending: the report says the line may be late, and it is the step's next one.
+        assert cpu_block.site.line == line_of(HERE, "# UVLOOP_AFTER_BUSY")
+    else:
+        assert cpu_block.site.function == "busy_loop"
 
 
 def test_many_short_steps_in_one_iteration_are_saturation_not_a_hotspot(

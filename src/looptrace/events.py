@@ -76,6 +76,8 @@ class ProbeCall:
     trace_id: int | None
     span_id: int | None
     trace_sampled: bool = True
+    coroutine: str | None = None
+    """The task's coroutine (an eager task's first step runs inside its creator's)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,7 +274,9 @@ def build_block(step: LongStep, samples: StepSamples | None) -> Block:
         if longest.site is not None:
             site, site_source, stack = longest.site, "probe", longest.stack
         if longest.task is not None and best is None:
-            task = longest.task
+            # No sample says whose code it was: the task current at the call does (an
+            # eager task's first step runs inside its creator's step).
+            task, coroutine = longest.task, longest.coroutine
         if longest.trace_id is not None:
             trace_id, span_id = longest.trace_id, longest.span_id
             trace_sampled = longest.trace_sampled

@@ -28,7 +28,7 @@ from looptrace.events import ProbeCall
 from . import context
 from ._patch import Patch, PatchSet
 from .frames import CodeMap, locate
-from .owners import task_name
+from .owners import coroutine_name, task_name
 
 # (call name shown in reports, module, attribute path inside the module)
 CATALOGUE: tuple[tuple[str, str, str], ...] = (
@@ -91,7 +91,8 @@ class ProbeBuffer:
         calls.append(ProbeCall(call, start_ns, duration_ns, thread_id, site, stack,
                                task_name(task) if task is not None else None,
                                ids[0] if ids else None, ids[1] if ids else None,
-                               ids[2] if ids else True))
+                               ids[2] if ids else True,
+                               coroutine_name(task) if task is not None else None))
 
     def between(self, thread_id: int, start_ns: int, end_ns: int) -> list[ProbeCall]:
         """The calls a thread made entirely within ``[start_ns, end_ns]``."""
