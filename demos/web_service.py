@@ -1,19 +1,33 @@
-"""A web service with one blocking handler: every endpoint gets slow.
+"""A web service with one blocking handler and one thread pool too small: every endpoint
+gets slow.
 
-An aiohttp server (on 127.0.0.1) has three endpoints:
+An aiohttp server (on 127.0.0.1) has four endpoints:
 
 - ``/hello``: answers at once;
 - ``/orders``: awaits a 10 ms asynchronous "database" call;
 - ``/report``: calls an internal HTTP service with ``urllib``, synchronously. That service
-  takes 150 ms to answer, and during those 150 ms the loop serves nobody.
+  takes 150 ms to answer, and during those 150 ms the loop serves nobody: the ``/hello``
+  and ``/orders`` requests in flight wait for it (looptrace's victims of the block);
+- ``/thumbnail``: fetches a picture from the image store with a synchronous client (40 ms,
+  an I/O wait) in a thread pool of 2 workers, as one would call a synchronous SDK. The
+  loop stays free, but a client that loads a gallery asks for 6 thumbnails at once: 6
+  calls for 2 workers, so each thumbnail waits for a worker longer than it runs
+  (looptrace's pool verdict: the pool, not the work, is the bottleneck).
 
 A load generator (its own thread and event loop, aiohttp client) keeps a few requests in
-flight, mostly to ``/hello`` and ``/orders``, sometimes to ``/report``. It runs twice:
-against the blocking ``/report``, then against the fixed one (the same call in
-``asyncio.to_thread``). The latency percentiles show the blocking handler slowing down
-*every* endpoint; looptrace shows where.
+flight, mostly to ``/hello`` and ``/orders``, sometimes to ``/report`` or a gallery of
+thumbnails. It runs twice: against the first version of the service, then against the
+fixed one. The fixes: ``/report`` makes the same call in ``asyncio.to_thread``; the
+pictures' pool gets 16 workers, as the work waits on I/O (threads that wait cost little;
+for CPU work in pure Python more threads would not help, a process pool would). The
+latency percentiles show the blocking handler slowing down *every* endpoint and the
+thumbnails waiting for the pool; looptrace shows where.
 
+    looptrace run --mode full demos/web_service.py [--quick] [--otlp [ENDPOINT]]
     python demos/web_service.py [--quick] [--otlp [ENDPOINT]]
+
+Executor calls are timed in looptrace's full mode only: run as ``python``, the demo asks
+for it itself; under ``looptrace run``, give ``--mode full`` (or ``LOOPTRACE_MODE=full``).
 
 With ``--otlp`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``LOOPTRACE_OTLP`` set), every request
 becomes an OpenTelemetry server span sent over OTLP/HTTP (to a Jaeger, for instance), and
@@ -33,12 +47,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _servers import Recorded, recorded, serve
+from _servers import Recorded, milliseconds, recorded, serve
+
+import looptrace
+from looptrace.exporters.text import victim_summary
+from looptrace.session import ExecutorSite
 
 try:
     from aiohttp import ClientSession, web
@@ -47,19 +66,26 @@ except ImportError:  # pragma: no cover - the message is the point
              "(or pip install '.[demos]' in a checkout)")
 
 BACKEND_DELAY_S = 0.150
-MIX = {"/hello": 45, "/orders": 45, "/report": 10}
+PICTURE_DELAY_S = 0.040
+MIX = {"/hello": 40, "/orders": 40, "/report": 10, "/thumbnail": 10}
 """How the load generator picks endpoints (weights)."""
+GALLERY = 6
+"""Thumbnails a client asks for at once when it picks ``/thumbnail`` (a gallery page)."""
+POOL_WORKERS = {True: 2, False: 16}
+"""The pictures' pool: 2 workers in the first version, 16 in the fixed one."""
 SERVICE_NAME = "looptrace-demo-web-service"
 
 
 class _SlowBackend(http.server.BaseHTTPRequestHandler):
-    """The internal service ``/report`` depends on: answers after BACKEND_DELAY_S."""
+    """The internal services: ``/report`` answers after BACKEND_DELAY_S, the image store's
+    ``/picture`` after PICTURE_DELAY_S."""
 
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        time.sleep(BACKEND_DELAY_S)
-        body = b'{"report": "ready"}'
+        picture = self.path.startswith("/picture")
+        time.sleep(PICTURE_DELAY_S if picture else BACKEND_DELAY_S)
+        body = b"\x89PNG picture" if picture else b'{"report": "ready"}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -75,7 +101,14 @@ def fetch_report(backend: str) -> bytes:
     return data
 
 
-def make_app(backend: str, blocking: bool) -> web.Application:
+def fetch_picture(backend: str) -> bytes:
+    """The image store's synchronous client (think of a cloud SDK): run in a thread."""
+    with urllib.request.urlopen(f"{backend}/picture") as response:
+        data: bytes = response.read()
+    return data
+
+
+def make_app(backend: str, blocking: bool, pictures: ThreadPoolExecutor) -> web.Application:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
@@ -90,10 +123,21 @@ def make_app(backend: str, blocking: bool) -> web.Application:
             data = await asyncio.to_thread(fetch_report, backend)  # FIXED
         return web.Response(body=data, content_type="application/json")
 
+    async def thumbnail(request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        # The same call on two lines: each version's calls get a row of their own in
+        # looptrace's report, the pool of 2 workers (6 thumbnails at once queue) and of 16.
+        if blocking:
+            data = await loop.run_in_executor(pictures, fetch_picture, backend)  # WAITS
+        else:
+            data = await loop.run_in_executor(pictures, fetch_picture, backend)  # FIXED POOL
+        return web.Response(body=data, content_type="image/png")
+
     app = web.Application()
     app.router.add_get("/hello", hello)
     app.router.add_get("/orders", orders)
     app.router.add_get("/report", report)
+    app.router.add_get("/thumbnail", thumbnail)
     return app
 
 
@@ -119,15 +163,21 @@ async def generate_load(base: str, seconds: float, concurrency: int) -> Latencie
     paths, weights = list(MIX), list(MIX.values())
     deadline = time.perf_counter() + seconds
 
+    async def get(session: ClientSession, path: str) -> None:
+        started = time.perf_counter()
+        async with session.get(base + path) as response:
+            await response.read()
+            assert response.status == 200, response.status
+        latencies.by_path[path].append(time.perf_counter() - started)
+
     async def client(seed: int, session: ClientSession) -> None:
         pick = random.Random(seed)
         while time.perf_counter() < deadline:
             path = pick.choices(paths, weights)[0]
-            started = time.perf_counter()
-            async with session.get(base + path) as response:
-                await response.read()
-                assert response.status == 200, response.status
-            latencies.by_path[path].append(time.perf_counter() - started)
+            if path == "/thumbnail":  # a gallery page: its thumbnails at once, as a browser
+                await asyncio.gather(*(get(session, path) for _ in range(GALLERY)))
+            else:
+                await get(session, path)
 
     async with ClientSession() as session:
         await asyncio.gather(*(client(seed, session) for seed in range(concurrency)))
@@ -149,7 +199,8 @@ def load_from_a_thread(base: str, seconds: float, concurrency: int) -> Latencies
 
 async def serve_under_load(backend: str, blocking: bool, seconds: float,
                            concurrency: int) -> Latencies:
-    runner = web.AppRunner(make_app(backend, blocking))
+    pictures = ThreadPoolExecutor(POOL_WORKERS[blocking], thread_name_prefix="pictures")
+    runner = web.AppRunner(make_app(backend, blocking, pictures))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -159,6 +210,7 @@ async def serve_under_load(backend: str, blocking: bool, seconds: float,
                                        concurrency)
     finally:
         await runner.cleanup()
+        pictures.shutdown()
 
 
 # -- OpenTelemetry (optional)
@@ -215,35 +267,82 @@ class Round:
 
     record: Recorded
     latencies: Latencies
+    executors: list[ExecutorSite] = field(default_factory=list)
+    """The executor call sites of this round (full mode), most queue wait first."""
+
+
+def _calls_so_far() -> dict[tuple[Any, str], int]:
+    """Under ``looptrace run`` (one recording for both rounds): the calls of each executor
+    site so far, so that a round's sites are the ones whose calls grew during it."""
+    if not looptrace.is_installed():
+        return {}
+    return {(row.site, row.function): row.calls for row in looptrace.snapshot().executors}
 
 
 def run(seconds: float, concurrency: int, otlp: str | None = None) -> list[Round]:
-    """Load the blocking service, then the fixed one; latencies and looptrace's verdicts."""
-    options: dict[str, Any] = {"otlp": otlp} if otlp else {}
+    """Load the first version of the service, then the fixed one; latencies and looptrace's
+    verdicts (blocks, who they delayed, executor calls)."""
+    # Full mode: executor calls are timed only there (the victims need no more than the
+    # default). Under ``looptrace run`` the command's options rule instead.
+    options: dict[str, Any] = {"mode": "full", **({"otlp": otlp} if otlp else {})}
     rounds = []
     with serve(_SlowBackend) as backend:
-        for label, blocking in (("1. /report calls the backend synchronously", True),
-                                ("2. /report calls it in asyncio.to_thread", False)):
+        for label, blocking in (
+                ("1. /report calls the backend synchronously; 2 workers fetch the pictures",
+                 True),
+                ("2. /report calls it in asyncio.to_thread; 16 workers fetch the pictures",
+                 False)):
+            before = _calls_so_far()
             with recorded(label, **options) as record:
                 started = time.perf_counter()
                 latencies = asyncio.run(serve_under_load(backend, blocking, seconds,
                                                          concurrency))
                 record.wall_s = time.perf_counter() - started
-            rounds.append(Round(record, latencies))
+            executors = [row for row in (record.session.executors if record.session else ())
+                         if row.calls > before.get((row.site, row.function), 0)]
+            rounds.append(Round(record, latencies, executors))
     return rounds
 
 
 def table(latencies: Latencies) -> list[str]:
-    lines = ["   endpoint   requests    p50       p99"]
+    lines = ["   endpoint     requests    p50       p99"]
     for path in MIX:
         count = len(latencies.by_path[path])
-        lines.append(f"   {path:<9} {count:7d}  {latencies.median(path) * 1000:6.1f} ms "
+        lines.append(f"   {path:<11} {count:7d}  {latencies.median(path) * 1000:6.1f} ms "
                      f"{latencies.percentile(path, 0.99) * 1000:6.1f} ms")
     return lines
 
 
+def executor_line(row: ExecutorSite) -> str:
+    """One executor site of a round: calls, queue wait against run time, and the verdict."""
+    where = f"line {row.site.line}" if row.site else "(site unknown)"
+    workers = f"{row.workers} workers" if row.workers is not None else "its workers"
+    calls = f"{row.calls} {row.function.rsplit('.', 1)[-1]} call{'s' if row.calls != 1 else ''}"
+    text = (f"{calls} at {where} waited "
+            f"{milliseconds(row.queue_ms)} for {workers}, ran {milliseconds(row.run_ms)}")
+    return text + (": the pool, not the work, is the bottleneck" if row.warning else "")
+
+
+def verdict_lines(round_: Round) -> list[str]:
+    """looptrace's verdict on one round: the blocks, who they delayed, the executor calls,
+    the loop's figures."""
+    record = round_.record
+    lines = record.verdict().split("\n")
+    victims = victim_summary(record.blocks)
+    if victims:
+        lines.append(victims)
+    if record.session is not None and record.session.mode != "full":
+        lines.append("executor calls not timed: full mode only (looptrace run --mode full)")
+    # (The demo's own load generator runs in a thread via to_thread: not the service's.)
+    lines.extend(executor_line(row) for row in round_.executors
+                 if not row.function.endswith("load_from_a_thread"))
+    lines.append(record.loop_line())
+    return ["   looptrace: " + lines[0], *("              " + line for line in lines[1:])]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="a web service with one blocking handler")
+    parser = argparse.ArgumentParser(
+        description="a web service with one blocking handler and a thread pool too small")
     parser.add_argument("--quick", action="store_true", help="a shorter load (for the tests)")
     parser.add_argument("--otlp", nargs="?", const="", metavar="ENDPOINT",
                         help="send spans over OTLP/HTTP (default endpoint: "
@@ -253,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = otlp_endpoint(args.otlp)
     print(f"{concurrency} clients for {seconds:g} s per round; mix "
           + ", ".join(f"{path} {weight}%" for path, weight in MIX.items())
-          + f"; the backend behind /report takes {BACKEND_DELAY_S * 1000:.0f} ms.\n")
+          + f" (a gallery of {GALLERY}); the backend behind /report takes "
+          f"{BACKEND_DELAY_S * 1000:.0f} ms, a picture {PICTURE_DELAY_S * 1000:.0f} ms.\n")
     if endpoint:
         with tracing_requests(endpoint):
             rounds = run(seconds, concurrency, endpoint)
@@ -262,8 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in rounds:
         print(f"{round_.record.label}:")
         print("\n".join(table(round_.latencies)))
-        print("   looptrace: " + round_.record.verdict().replace("\n", "\n              "))
-        print("              " + round_.record.loop_line())
+        print("\n".join(verdict_lines(round_)))
     if endpoint:
         service = os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME
         print(f"\nSpans sent to {endpoint} as service {service!r}: in Jaeger "
