@@ -4,7 +4,7 @@ gets slow.
 An aiohttp server (on 127.0.0.1) has four endpoints:
 
 - ``/hello``: answers at once;
-- ``/orders``: awaits a 10 ms asynchronous "database" call;
+- ``/orders``: awaits two 10 ms asynchronous "database" calls;
 - ``/report``: calls an internal HTTP service with ``urllib``, synchronously. That service
   takes 150 ms to answer, and during those 150 ms the loop serves nobody: the ``/hello``
   and ``/orders`` requests in flight wait for it (looptrace's victims of the block);
@@ -113,7 +113,8 @@ def make_app(backend: str, blocking: bool, pictures: ThreadPoolExecutor) -> web.
         return web.Response(text="hello")
 
     async def orders(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.010)  # an asynchronous database call
+        await asyncio.sleep(0.010)  # two asynchronous database calls: the orders,
+        await asyncio.sleep(0.010)  # then their lines
         return web.json_response({"orders": 3})
 
     async def report(request: web.Request) -> web.Response:
