@@ -214,8 +214,10 @@ def test_gather_waits_without_busy_waiting() -> None:
 
 
 def test_web_service_blocking_handler_slows_every_endpoint() -> None:
-    """The synchronous call in /report blocks the loop at its line (inside the handler)
-    and every endpoint's p99 rises; the to_thread fix has no block and low latencies."""
+    """The synchronous call in /report blocks the loop at its line (inside the handler),
+    delays the requests in flight, and every endpoint's p99 rises; the 6 thumbnails of a
+    gallery wait for the pool of 2 workers longer than they run (the pool verdict). The
+    fixed round has no block, and its pool of 16 no verdict."""
     web_service = demo("web_service")
     blocking, fixed = web_service.run(1.0, 6)
 
@@ -230,17 +232,82 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
             web_service.__file__, fetch_line, "fetch_report")
         assert any(frame.line == handler_line for frame in block.stack), block.stack
         assert 130 <= block.duration_ms < 1000, block
+        # Who it delayed: requests in flight (no longer than the block kept them).
+        assert block.victims is not None, block
+        assert block.victim_max_delay_ms <= block.duration_ms + 1, block
+    # (A victim may also be a callback: a connection's data arrived before the block.)
+    assert any(v.kind == "task" and v.coroutine == "RequestHandler._handle_request"
+               for block in blocks for v in block.victim_detail), blocks
     assert by_the_code(fixed.record.blocks) == [], fixed.record.blocks
+
+    (saturated,) = [r for r in blocking.executors if r.function.endswith("fetch_picture")]
+    assert saturated.site is not None and saturated.site.line == line_of(web_service, "WAITS")
+    assert saturated.workers == 2 and saturated.completed >= 12, saturated  # 2 galleries
+    assert saturated.warning and "the pool, not the work, is the bottleneck" in \
+        saturated.warning, saturated
+    assert saturated.queue_ms >= saturated.run_ms / 2, saturated
+    (sized,) = [r for r in fixed.executors if r.function.endswith("fetch_picture")]
+    assert sized.site is not None and sized.site.line == line_of(web_service, "FIXED POOL")
+    assert sized.workers == 16 and sized.completed >= 12 and sized.warning is None, sized
+    assert all(row.warning is None for row in fixed.executors), fixed.executors
 
     slow, quick = blocking.latencies, fixed.latencies
     figures = {path: (len(slow.by_path[path]), slow.median(path), slow.percentile(path, 0.99),
                       len(quick.by_path[path]), quick.median(path),
                       quick.percentile(path, 0.99)) for path in web_service.MIX}
     assert slow.percentile("/hello", 0.99) >= 0.1, figures
-    assert slow.median("/orders") >= 0.1, figures  # most /orders waited for a block
+    assert slow.percentile("/orders", 0.99) >= 0.1, figures
     assert quick.percentile("/hello", 0.99) < slow.percentile("/hello", 0.99) / 2, figures
     assert quick.median("/orders") < 0.1, figures
+    assert quick.median("/thumbnail") < slow.median("/thumbnail"), figures
     assert len(quick.by_path["/hello"]) > 1.5 * len(slow.by_path["/hello"]), figures
+
+
+def _entries(section: str) -> list[str]:
+    """The numbered entries of a summary section (``  1. ...`` and its indented lines)."""
+    return re.split(r"\n(?=  \d+\. )", "\n" + section)[1:]
+
+
+def test_looptrace_run_full_mode_tells_the_web_service_story() -> None:
+    """``looptrace run --mode full demos/web_service.py --quick``, as the docs say: the
+    summary's urlopen hotspot says whom its blocks delayed; the executor section gives
+    the pool of 2 the pool verdict and the fixed pool of 16 none; the demo's own lines say
+    the same per round, and the fixed round has neither a block nor a verdict."""
+    web_service = demo("web_service")
+    completed = subprocess.run(
+        [sys.executable, "-m", "looptrace", "run", "--mode", "full", "demos/web_service.py",
+         "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    out, summary = completed.stdout, completed.stderr
+    first, fixed = out.split("\n2. ")
+    assert re.search(r"looptrace: \d+ blocks? urllib\.request\.urlopen at line "
+                     rf"{line_of(web_service, 'SYNC CALL')} in fetch_report", first), out
+    assert re.search(r"\n +delayed \d+ tasks? (and|or) callbacks? by ", first), out
+    assert re.search(rf"\d+ fetch_picture calls at line {line_of(web_service, 'WAITS')} "
+                     r"waited .* for 2 workers, .*: the pool, not the work, is the "
+                     "bottleneck", first), out
+    assert "urlopen" not in fixed and "delayed" not in fixed and "bottleneck" not in fixed, out
+    assert re.search(rf"\d+ fetch_picture calls at line {line_of(web_service, 'FIXED POOL')} "
+                     r"waited .* for 16 workers", fixed), out
+
+    hotspots = _entries(summary.split("\nHotspots (by total time)\n")[1].split("\n\n")[0])
+    at_the_call = [h for h in hotspots if "demos/web_service.py:" in h]
+    assert len(at_the_call) == 1, summary  # the fixed round's to_thread never blocks
+    (hotspot,) = at_the_call
+    assert ". blocking-call  urllib.request.urlopen\n     at demos/web_service.py:" \
+        f"{line_of(web_service, 'SYNC CALL')} in fetch_report\n" in hotspot, summary
+    assert re.search(r"\n     delayed \d+ tasks? (and|or) callbacks? by [\d.]+ m?s in all, "
+                     r"longest [\d.]+ ms\n", hotspot), summary
+
+    executors = _entries(summary.split("\nExecutor calls (run_in_executor, to_thread; by "
+                                       "queue wait)\n")[1].split("\n\n")[0])
+    (saturated,) = [e for e in executors
+                    if f"web_service.py:{line_of(web_service, 'WAITS')} " in e]
+    assert "2 workers" in saturated and "WARNING: the pool, not the work, is the " \
+        "bottleneck: 2 workers" in saturated, summary
+    (sized,) = [e for e in executors
+                if f"web_service.py:{line_of(web_service, 'FIXED POOL')} " in e]
+    assert "16 workers" in sized and "WARNING" not in sized, summary
 
 
 def test_looptrace_run_tells_the_async_blocking_story() -> None:
