@@ -81,10 +81,16 @@ class _PacedHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # The default backlog (5) drops the connections a burst of clients opens at once (a
+    # pool of 16 workers), and a dropped SYN is sent again only after a second.
+    request_queue_size = 128
+
+
 @contextmanager
 def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """Run ``handler`` on a threaded loopback HTTP server; yield its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="demo-http", daemon=True)
     thread.start()
