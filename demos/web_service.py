@@ -17,9 +17,12 @@ An aiohttp server (on 127.0.0.1) has four endpoints:
 A load generator (its own thread and event loop, aiohttp client) keeps a few requests in
 flight, mostly to ``/hello`` and ``/orders``, sometimes to ``/report`` or a gallery of
 thumbnails. It runs twice: against the first version of the service, then against the
-fixed one. The fixes: ``/report`` makes the same call in ``asyncio.to_thread``; the
-pictures' pool gets 16 workers, as the work waits on I/O (threads that wait cost little;
-for CPU work in pure Python more threads would not help, a process pool would). The
+fixed one. The fixes: ``/report`` makes the same call in ``asyncio.to_thread``;
+``/thumbnail`` fetches the picture with an asynchronous client (aiohttp), no thread at
+all. (A bigger pool would also do, as the work waits on I/O, but a pool of one thread per
+call in flight makes those threads queue for the GIL instead: on a busy 2-CPU machine,
+36 workers waited tens of milliseconds each to start. For CPU work in pure Python more
+threads would not help at all; a process pool would.) The
 latency percentiles show the blocking handler slowing down *every* endpoint and the
 thumbnails waiting for the pool; looptrace shows where.
 
@@ -46,9 +49,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +74,9 @@ MIX = {"/hello": 40, "/orders": 40, "/report": 10, "/thumbnail": 10}
 """How the load generator picks endpoints (weights)."""
 GALLERY = 6
 """Thumbnails a client asks for at once when it picks ``/thumbnail`` (a gallery page)."""
-POOL_WORKERS = {True: 2, False: 16}
-"""The pictures' pool: 2 workers in the first version, 16 in the fixed one."""
+POOL_WORKERS = 2
+"""The pictures' thread pool in the first version."""
+PICTURE_CLIENT = web.AppKey("picture_client", ClientSession)
 SERVICE_NAME = "looptrace-demo-web-service"
 
 
@@ -108,7 +112,10 @@ def fetch_picture(backend: str) -> bytes:
     return data
 
 
-def make_app(backend: str, blocking: bool, pictures: ThreadPoolExecutor) -> web.Application:
+def make_app(backend: str, blocking: bool,
+             pictures: ThreadPoolExecutor | None) -> web.Application:
+    """The service: ``/report`` blocking or not; ``/thumbnail`` fetching its picture in
+    ``pictures``, or with an asynchronous client when there is no pool."""
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
@@ -125,16 +132,22 @@ def make_app(backend: str, blocking: bool, pictures: ThreadPoolExecutor) -> web.
         return web.Response(body=data, content_type="application/json")
 
     async def thumbnail(request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        # The same call on two lines: each version's calls get a row of their own in
-        # looptrace's report, the pool of 2 workers (6 thumbnails at once queue) and of 16.
-        if blocking:
+        if pictures is not None:  # 2 workers, 6 thumbnails at once: they queue
+            loop = asyncio.get_running_loop()
             data = await loop.run_in_executor(pictures, fetch_picture, backend)  # WAITS
-        else:
-            data = await loop.run_in_executor(pictures, fetch_picture, backend)  # FIXED POOL
+        else:  # FIXED: an asynchronous client, no thread to wait for
+            async with request.app[PICTURE_CLIENT].get(f"{backend}/picture") as response:
+                data = await response.read()
         return web.Response(body=data, content_type="image/png")
 
+    async def picture_client(app: web.Application) -> AsyncIterator[None]:
+        async with ClientSession() as client:
+            app[PICTURE_CLIENT] = client
+            yield
+
     app = web.Application()
+    if pictures is None:
+        app.cleanup_ctx.append(picture_client)
     app.router.add_get("/hello", hello)
     app.router.add_get("/orders", orders)
     app.router.add_get("/report", report)
@@ -198,9 +211,20 @@ def load_from_a_thread(base: str, seconds: float, concurrency: int) -> Latencies
     return result[0]
 
 
-async def serve_under_load(backend: str, blocking: bool, seconds: float,
-                           concurrency: int) -> Latencies:
-    pictures = ThreadPoolExecutor(POOL_WORKERS[blocking], thread_name_prefix="pictures")
+def started_pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool whose threads are all running. A ThreadPoolExecutor starts a thread
+    inside ``submit``, on the caller's thread (here the loop's), and waits for it to boot:
+    on a busy machine, that alone can block the loop. The service starts them first."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="pictures")
+    everyone = threading.Barrier(workers + 1)
+    for _ in range(workers):  # each job holds its thread until all have one
+        pool.submit(everyone.wait)
+    everyone.wait()
+    return pool
+
+
+async def serve_under_load(backend: str, blocking: bool, pictures: ThreadPoolExecutor | None,
+                           seconds: float, concurrency: int) -> Latencies:
     runner = web.AppRunner(make_app(backend, blocking, pictures))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -211,7 +235,6 @@ async def serve_under_load(backend: str, blocking: bool, seconds: float,
                                        concurrency)
     finally:
         await runner.cleanup()
-        pictures.shutdown()
 
 
 # -- OpenTelemetry (optional)
@@ -291,13 +314,15 @@ def run(seconds: float, concurrency: int, otlp: str | None = None) -> list[Round
         for label, blocking in (
                 ("1. /report calls the backend synchronously; 2 workers fetch the pictures",
                  True),
-                ("2. /report calls it in asyncio.to_thread; 16 workers fetch the pictures",
+                ("2. /report calls it in asyncio.to_thread; an async client fetches the "
+                 "pictures",
                  False)):
             before = _calls_so_far()
-            with recorded(label, **options) as record:
+            pool = started_pool(POOL_WORKERS) if blocking else nullcontext()
+            with recorded(label, **options) as record, pool as pictures:
                 started = time.perf_counter()
-                latencies = asyncio.run(serve_under_load(backend, blocking, seconds,
-                                                         concurrency))
+                latencies = asyncio.run(serve_under_load(backend, blocking, pictures,
+                                                         seconds, concurrency))
                 record.wall_s = time.perf_counter() - started
             executors = [row for row in (record.session.executors if record.session else ())
                          if row.calls > before.get((row.site, row.function), 0)]

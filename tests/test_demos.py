@@ -213,17 +213,25 @@ def test_gather_waits_without_busy_waiting() -> None:
     assert poll_wait.cpu_s >= 10 * max(gather_wait.cpu_s, hand_wait.cpu_s, 0.002)
 
 
+def _thread_start(block: BlockEvent) -> bool:
+    """A block in ``Thread.start``: to_thread's first calls start the default executor's
+    threads on the loop thread, and ``start()`` waits for each to boot, which a saturated
+    machine can stretch past the threshold (seen: 379 ms). Not the demo's lesson."""
+    return block.call == "threading.Event.wait" and any(
+        frame.function.endswith("Thread.start") for frame in block.stack)
+
+
 def test_web_service_blocking_handler_slows_every_endpoint() -> None:
     """The synchronous call in /report blocks the loop at its line (inside the handler),
     delays the requests in flight, and every endpoint's p99 rises; the 6 thumbnails of a
     gallery wait for the pool of 2 workers longer than they run (the pool verdict). The
-    fixed round has no block, and its pool of 16 no verdict."""
+    fixed round has no block, and no verdict (its pictures come from an async client)."""
     web_service = demo("web_service")
     blocking, fixed = web_service.run(1.0, 6)
 
     fetch_line = line_of(web_service, "SYNC CALL")
     handler_line = line_of(web_service, "BLOCKS")
-    blocks = blocking.record.blocks
+    blocks = by_the_code(blocking.record.blocks)
     assert len(blocks) >= 3, blocks
     for block in blocks:
         assert (block.kind, block.call) == ("blocking-call", "urllib.request.urlopen"), block
@@ -238,7 +246,8 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
     # (A victim may also be a callback: a connection's data arrived before the block.)
     assert any(v.kind == "task" and v.coroutine == "RequestHandler._handle_request"
                for block in blocks for v in block.victim_detail), blocks
-    assert by_the_code(fixed.record.blocks) == [], fixed.record.blocks
+    assert [b for b in by_the_code(fixed.record.blocks) if not _thread_start(b)] == [], \
+        fixed.record.blocks
 
     (saturated,) = [r for r in blocking.executors if r.function.endswith("fetch_picture")]
     assert saturated.site is not None and saturated.site.line == line_of(web_service, "WAITS")
@@ -246,10 +255,9 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
     assert saturated.warning and "the pool, not the work, is the bottleneck" in \
         saturated.warning, saturated
     assert saturated.queue_ms >= saturated.run_ms / 2, saturated
-    (sized,) = [r for r in fixed.executors if r.function.endswith("fetch_picture")]
-    assert sized.site is not None and sized.site.line == line_of(web_service, "FIXED POOL")
-    assert sized.workers == 16 and sized.completed >= 12 and sized.warning is None, sized
-    assert all(row.warning is None for row in fixed.executors), fixed.executors
+    assert not [r for r in fixed.executors if r.function.endswith("fetch_picture")]
+    assert fixed.executors and all(row.warning is None for row in fixed.executors), \
+        fixed.executors
 
     slow, quick = blocking.latencies, fixed.latencies
     figures = {path: (len(slow.by_path[path]), slow.median(path), slow.percentile(path, 0.99),
@@ -271,8 +279,8 @@ def _entries(section: str) -> list[str]:
 def test_looptrace_run_full_mode_tells_the_web_service_story() -> None:
     """``looptrace run --mode full demos/web_service.py --quick``, as the docs say: the
     summary's urlopen hotspot says whom its blocks delayed; the executor section gives
-    the pool of 2 the pool verdict and the fixed pool of 16 none; the demo's own lines say
-    the same per round, and the fixed round has neither a block nor a verdict."""
+    the pool of 2 the pool verdict, and no other site one; the demo's own lines say the same
+    per round, and the fixed round has neither a block nor a verdict."""
     web_service = demo("web_service")
     completed = subprocess.run(
         [sys.executable, "-m", "looptrace", "run", "--mode", "full", "demos/web_service.py",
@@ -287,8 +295,8 @@ def test_looptrace_run_full_mode_tells_the_web_service_story() -> None:
                      r"waited .* for 2 workers, .*: the pool, not the work, is the "
                      "bottleneck", first), out
     assert "urlopen" not in fixed and "delayed" not in fixed and "bottleneck" not in fixed, out
-    assert re.search(rf"\d+ fetch_picture calls at line {line_of(web_service, 'FIXED POOL')} "
-                     r"waited .* for 16 workers", fixed), out
+    assert "fetch_picture" not in fixed, out  # the async client: no thread
+    assert re.search(r"\d+ fetch_report calls at line \d+ waited .* for 6 workers", fixed), out
 
     hotspots = _entries(summary.split("\nHotspots (by total time)\n")[1].split("\n\n")[0])
     at_the_call = [h for h in hotspots if "demos/web_service.py:" in h]
@@ -305,9 +313,7 @@ def test_looptrace_run_full_mode_tells_the_web_service_story() -> None:
                     if f"web_service.py:{line_of(web_service, 'WAITS')} " in e]
     assert "2 workers" in saturated and "WARNING: the pool, not the work, is the " \
         "bottleneck: 2 workers" in saturated, summary
-    (sized,) = [e for e in executors
-                if f"web_service.py:{line_of(web_service, 'FIXED POOL')} " in e]
-    assert "16 workers" in sized and "WARNING" not in sized, summary
+    assert sum("WARNING" in e for e in executors) == 1, summary
 
 
 def test_looptrace_run_tells_the_async_blocking_story() -> None:
