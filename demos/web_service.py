@@ -135,7 +135,7 @@ def make_app(backend: str, blocking: bool,
         if pictures is not None:  # 2 workers, 6 thumbnails at once: they queue
             loop = asyncio.get_running_loop()
             data = await loop.run_in_executor(pictures, fetch_picture, backend)  # WAITS
-        else:  # FIXED: an asynchronous client, no thread to wait for
+        else:  # the fix: an asynchronous client, no thread to wait for
             async with request.app[PICTURE_CLIENT].get(f"{backend}/picture") as response:
                 data = await response.read()
         return web.Response(body=data, content_type="image/png")

@@ -213,14 +213,6 @@ def test_gather_waits_without_busy_waiting() -> None:
     assert poll_wait.cpu_s >= 10 * max(gather_wait.cpu_s, hand_wait.cpu_s, 0.002)
 
 
-def _thread_start(block: BlockEvent) -> bool:
-    """A block in ``Thread.start``: to_thread's first calls start the default executor's
-    threads on the loop thread, and ``start()`` waits for each to boot, which a saturated
-    machine can stretch past the threshold (seen: 379 ms). Not the demo's lesson."""
-    return block.call == "threading.Event.wait" and any(
-        frame.function.endswith("Thread.start") for frame in block.stack)
-
-
 def test_web_service_blocking_handler_slows_every_endpoint() -> None:
     """The synchronous call in /report blocks the loop at its line (inside the handler),
     delays the requests in flight, and every endpoint's p99 rises; the 6 thumbnails of a
@@ -231,13 +223,16 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
 
     fetch_line = line_of(web_service, "SYNC CALL")
     handler_line = line_of(web_service, "BLOCKS")
-    blocks = by_the_code(blocking.record.blocks)
-    assert len(blocks) >= 3, blocks
+    # One block per /report, at the call. (A saturated machine may add others: a starved
+    # step.) Clients 0 and 1 ask for a /report first or second (their seeds' picks).
+    blocks = [b for b in blocking.record.blocks
+              if b.site is not None and b.site.file == web_service.__file__
+              and b.site.line == fetch_line]
+    assert 2 <= len(blocks) <= len(blocking.latencies.by_path["/report"]), \
+        blocking.record.blocks
     for block in blocks:
         assert (block.kind, block.call) == ("blocking-call", "urllib.request.urlopen"), block
-        assert block.site is not None
-        assert (block.site.file, block.site.line, block.site.function) == (
-            web_service.__file__, fetch_line, "fetch_report")
+        assert block.site is not None and block.site.function == "fetch_report"
         assert any(frame.line == handler_line for frame in block.stack), block.stack
         assert 130 <= block.duration_ms < 1000, block
         # Who it delayed: requests in flight (no longer than the block kept them).
@@ -246,8 +241,10 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
     # (A victim may also be a callback: a connection's data arrived before the block.)
     assert any(v.kind == "task" and v.coroutine == "RequestHandler._handle_request"
                for block in blocks for v in block.victim_detail), blocks
-    assert [b for b in by_the_code(fixed.record.blocks) if not _thread_start(b)] == [], \
-        fixed.record.blocks
+    # The fixed round never blocks at the call. (On a saturated machine it may have other
+    # blocks: a starved step, a thread's start waiting for its boot; not this demo's story.)
+    assert not [b for b in fixed.record.blocks if b.call == "urllib.request.urlopen"
+                or (b.site is not None and b.site.line == fetch_line)], fixed.record.blocks
 
     (saturated,) = [r for r in blocking.executors if r.function.endswith("fetch_picture")]
     assert saturated.site is not None and saturated.site.line == line_of(web_service, "WAITS")
@@ -294,7 +291,8 @@ def test_looptrace_run_full_mode_tells_the_web_service_story() -> None:
     assert re.search(rf"\d+ fetch_picture calls at line {line_of(web_service, 'WAITS')} "
                      r"waited .* for 2 workers, .*: the pool, not the work, is the "
                      "bottleneck", first), out
-    assert "urlopen" not in fixed and "delayed" not in fixed and "bottleneck" not in fixed, out
+    # (On a saturated machine the fixed round may have a starved step, and its victims.)
+    assert "urlopen" not in fixed and "bottleneck" not in fixed, out
     assert "fetch_picture" not in fixed, out  # the async client: no thread
     assert re.search(r"\d+ fetch_report calls at line \d+ waited .* for 6 workers", fixed), out
 
