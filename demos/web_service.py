@@ -85,6 +85,9 @@ class _SlowBackend(http.server.BaseHTTPRequestHandler):
     ``/picture`` after PICTURE_DELAY_S."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm, the body of a kept-alive
+    # connection (the async client's) would wait 40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         picture = self.path.startswith("/picture")
