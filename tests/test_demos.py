@@ -248,7 +248,8 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
 
     (saturated,) = [r for r in blocking.executors if r.function.endswith("fetch_picture")]
     assert saturated.site is not None and saturated.site.line == line_of(web_service, "WAITS")
-    assert saturated.workers == 2 and saturated.completed >= 12, saturated  # 2 galleries
+    # Client 2 asks for a gallery first (its seed's first pick): 6 calls at least.
+    assert saturated.workers == 2 and saturated.completed >= 6, saturated
     assert saturated.warning and "the pool, not the work, is the bottleneck" in \
         saturated.warning, saturated
     assert saturated.queue_ms >= saturated.run_ms / 2, saturated
