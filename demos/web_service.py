@@ -22,9 +22,9 @@ fixed one. The fixes: ``/report`` makes the same call in ``asyncio.to_thread``;
 all. (A bigger pool would also do, as the work waits on I/O, but a pool of one thread per
 call in flight makes those threads queue for the GIL instead: on a busy 2-CPU machine,
 36 workers waited tens of milliseconds each to start. For CPU work in pure Python more
-threads would not help at all; a process pool would.) The
-latency percentiles show the blocking handler slowing down *every* endpoint and the
-thumbnails waiting for the pool; looptrace shows where.
+threads would not help at all; a process pool would.) The latency percentiles show the
+blocking handler slowing down *every* endpoint and the thumbnails waiting for the pool;
+looptrace shows where, and who paid.
 
     looptrace run --mode full demos/web_service.py [--quick] [--otlp [ENDPOINT]]
     python demos/web_service.py [--quick] [--otlp [ENDPOINT]]
@@ -33,8 +33,8 @@ Executor calls are timed in looptrace's full mode only: run as ``python``, the d
 for it itself; under ``looptrace run``, give ``--mode full`` (or ``LOOPTRACE_MODE=full``).
 
 With ``--otlp`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``LOOPTRACE_OTLP`` set), every request
-becomes an OpenTelemetry server span sent over OTLP/HTTP (to a Jaeger, for instance), and
-looptrace exports each block as a span inside the request it blocked.
+becomes an OpenTelemetry server span sent over OTLP/HTTP (to a Jaeger, for instance); each
+block is a span inside the request it blocked, linked to the requests it delayed.
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         service = os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME
         print(f"\nSpans sent to {endpoint} as service {service!r}: in Jaeger "
               "(http://localhost:16686), open a GET /report trace; looptrace's block span "
-              "sits inside the request it blocked.")
+              "sits inside the request it blocked, linked to the requests it delayed.")
     return 0
 
 
