@@ -234,7 +234,7 @@ def test_web_service_blocking_handler_slows_every_endpoint() -> None:
         assert (block.kind, block.call) == ("blocking-call", "urllib.request.urlopen"), block
         assert block.site is not None and block.site.function == "fetch_report"
         assert any(frame.line == handler_line for frame in block.stack), block.stack
-        assert 130 <= block.duration_ms < 1000, block
+        assert 130 <= block.duration_ms < 5000, block  # the backend's 150 ms, and a busy machine
         # Who it delayed: requests in flight (no longer than the block kept them).
         assert block.victims is not None, block
         assert block.victim_max_delay_ms <= block.duration_ms + 1, block

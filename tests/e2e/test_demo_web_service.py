@@ -37,11 +37,13 @@ def _traces(jaeger: Jaeger, service: str, operation: str) -> list[dict[str, Any]
 
 
 def _report_traces(jaeger: Jaeger, service: str, blocks: int) -> list[dict[str, Any]]:
-    """The GET /report traces of ``service``, once ``blocks`` block spans have arrived."""
+    """The GET /report traces of ``service``, once ``blocks`` urlopen block spans have
+    arrived."""
     deadline = time.monotonic() + _ARRIVAL_TIMEOUT_S
     while True:
         traces = _traces(jaeger, service, "GET /report")
-        found = sum(s["operationName"] == "looptrace.block" for t in traces for s in t["spans"])
+        found = sum(s["operationName"] == "looptrace.block" and _tags(s).get("looptrace.call")
+                    == "urllib.request.urlopen" for t in traces for s in t["spans"])
         if found >= blocks:
             time.sleep(0.5)  # anything beyond the expected spans would have arrived too
             return _traces(jaeger, service, "GET /report")
@@ -132,17 +134,20 @@ def test_demo_blocks_arrive_inside_their_report_requests_and_link_the_delayed(
 
 def _check_block_spans(traces: list[dict[str, Any]], blocks: int
                        ) -> dict[str, tuple[str, dict[str, Any]]]:
-    """The block spans (``{span id: (trace id, span)}``), each checked: inside its GET
-    /report request, at the synchronous call's line."""
+    """The spans of the urlopen blocks (``{span id: (trace id, span)}``), each checked:
+    inside its GET /report request, at the synchronous call's line; as many as the first
+    round reported (the fixed round adds none)."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for trace in traces:
         spans = {span["spanID"]: span for span in trace["spans"]}
         for span in trace["spans"]:
-            if span["operationName"] != "looptrace.block":
+            tags = _tags(span)
+            # (A step starved of CPU on a saturated machine may be a block span of its own,
+            # named after what it was running: not the demo's story.)
+            if span["operationName"] != "looptrace.block" or tags.get(
+                    "looptrace.call") != "urllib.request.urlopen":
                 continue
             found[span["spanID"]] = (trace["traceID"], span)
-            tags = _tags(span)
-            assert tags["looptrace.call"] == "urllib.request.urlopen"
             assert tags["code.function.name"] == "fetch_report"
             assert tags["code.line.number"] == _line_of("SYNC CALL")
             assert tags["code.file.path"] == str(DEMO)
@@ -151,7 +156,7 @@ def _check_block_spans(traces: list[dict[str, Any]], blocks: int
             for link in span["references"]:
                 if link["refType"] != "CHILD_OF":
                     assert link["refType"] == "FOLLOWS_FROM", link
-            assert 130_000 <= span["duration"] < 1_000_000  # µs: the backend's 150 ms
+            assert 130_000 <= span["duration"] < 5_000_000  # µs: the backend's 150 ms and more
     assert len(found) == blocks
     return found
 
