@@ -305,6 +305,10 @@ typedef struct {
     PyObject *register_owner;   /* register(key, owner, callback) -> owner id */
     PyObject *owner_busy;       /* list: busy ns per owner id */
     PyObject *owner_steps;      /* list: steps per owner id */
+    PyObject *owner_scheduled;  /* list: ns a task waited ready, per owner id */
+    PyObject *owner_max;        /* list: longest step ns per owner id */
+    PyObject *ready;            /* {id(handle): ns call_soon made the task ready} */
+    PyObject *finished;         /* finished(task, owner id, end_ns): a task step ended it */
     Py_ssize_t ring_capacity;
     /* inline mode (enable_inline): run the step as Handle._run does, without entering the
      * interpreter for _run itself; only for the exact stdlib Handle classes */
@@ -379,7 +383,7 @@ slot_for_this_thread(StepHook *hook)
     return slot;
 }
 
-static PyObject *str_callback, *str_self, *str_qualname;
+static PyObject *str_callback, *str_self, *str_qualname, *str_done;
 
 /* getattr(obj, name, None) without raising and catching AttributeError. */
 static inline int
@@ -408,6 +412,69 @@ add_to_list_item(PyObject *list, Py_ssize_t i, long long amount)
         return -1;
     }
     return PyList_SetItem(list, i, value);   /* steals value */
+}
+
+static int
+max_list_item(PyObject *list, Py_ssize_t i, long long value)
+{
+    if (!PyList_Check(list) || i < 0 || i >= PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_IndexError, "owner id out of range");
+        return -1;
+    }
+    long long old = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+    if (old == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (value <= old) {
+        return 0;
+    }
+    PyObject *item = PyLong_FromLongLong(value);
+    if (item == NULL) {
+        return -1;
+    }
+    return PyList_SetItem(list, i, item);   /* steals item */
+}
+
+/* Full mode, a task's step: the time it waited ready (from the mark call_soon left under
+ * id(handle); a wake the step made of its own task is another handle, left for the next
+ * step), and, when the step ended the task, OwnerTable.finished. Mirrors
+ * looptrace._hooks.steps.FullStepHook. */
+static int
+record_task_step(StepHook *hook, PyObject *handle, PyObject *owner, PyObject *oid,
+                 Py_ssize_t i, long long start, long long end)
+{
+    PyObject *hkey = PyLong_FromVoidPtr(handle);
+    if (hkey == NULL) {
+        return -1;
+    }
+    PyObject *mark = PyDict_GetItemWithError(hook->ready, hkey);   /* borrowed */
+    if (mark != NULL) {
+        long long ready_ns = PyLong_AsLongLong(mark);
+        if ((ready_ns == -1 && PyErr_Occurred()) || PyDict_DelItem(hook->ready, hkey) < 0
+            || add_to_list_item(hook->owner_scheduled, i, start - ready_ns) < 0) {
+            Py_DECREF(hkey);
+            return -1;
+        }
+    }
+    Py_DECREF(hkey);
+    if (mark == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *done = PyObject_CallMethodNoArgs(owner, str_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done <= 0) {
+        return is_done;
+    }
+    PyObject *r = PyObject_CallFunction(hook->finished, "OOL", owner, oid, end);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Full mode: the step's owner id (a dict hit after the owner's first step), its figures,
@@ -464,7 +531,11 @@ record_step(StepHook *hook, StepSlot *slot, PyObject *handle, long long start, l
         goto done;
     }
     if (add_to_list_item(hook->owner_busy, i, duration) < 0
-        || add_to_list_item(hook->owner_steps, i, 1) < 0) {
+        || add_to_list_item(hook->owner_steps, i, 1) < 0
+        || max_list_item(hook->owner_max, i, duration) < 0) {
+        goto done;
+    }
+    if (is_task && record_task_step(hook, handle, owner, oid, i, start, start + duration) < 0) {
         goto done;
     }
     if (slot->ring != NULL) {
@@ -798,12 +869,20 @@ StepHook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         self->owner_busy = self->register_owner ? PyObject_GetAttrString(owners, "busy_ns")
                                                 : NULL;
         self->owner_steps = self->owner_busy ? PyObject_GetAttrString(owners, "steps") : NULL;
-        if (self->owner_steps == NULL) {
+        self->owner_scheduled = self->owner_steps
+                                ? PyObject_GetAttrString(owners, "scheduled_ns") : NULL;
+        self->owner_max = self->owner_scheduled
+                          ? PyObject_GetAttrString(owners, "max_step_ns") : NULL;
+        self->ready = self->owner_max ? PyObject_GetAttrString(owners, "ready") : NULL;
+        self->finished = self->ready ? PyObject_GetAttrString(owners, "finished") : NULL;
+        if (self->finished == NULL) {
             Py_DECREF(self);
             return NULL;
         }
         if (!PyDict_Check(self->owner_ids) || !PyAnySet_Check(self->task_types)
-            || !PyList_Check(self->owner_busy) || !PyList_Check(self->owner_steps)) {
+            || !PyList_Check(self->owner_busy) || !PyList_Check(self->owner_steps)
+            || !PyList_Check(self->owner_scheduled) || !PyList_Check(self->owner_max)
+            || !PyDict_Check(self->ready)) {
             PyErr_SetString(PyExc_TypeError,
                             "owners must have dict ids, set task_types, list busy_ns and steps");
             Py_DECREF(self);
@@ -839,6 +918,10 @@ StepHook_traverse(StepHook *self, visitproc visit, void *arg)
     Py_VISIT(self->register_owner);
     Py_VISIT(self->owner_busy);
     Py_VISIT(self->owner_steps);
+    Py_VISIT(self->owner_scheduled);
+    Py_VISIT(self->owner_max);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->finished);
     Py_VISIT(self->inline_types);
     Py_VISIT(self->context_run);
     return 0;
@@ -856,6 +939,10 @@ StepHook_clear(StepHook *self)
     Py_CLEAR(self->register_owner);
     Py_CLEAR(self->owner_busy);
     Py_CLEAR(self->owner_steps);
+    Py_CLEAR(self->owner_scheduled);
+    Py_CLEAR(self->owner_max);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->finished);
     Py_CLEAR(self->inline_types);
     Py_CLEAR(self->context_run);
     return 0;
@@ -1392,7 +1479,8 @@ PyInit__speedups(void)
     str_callback = PyUnicode_InternFromString("_callback");
     str_self = PyUnicode_InternFromString("__self__");
     str_qualname = PyUnicode_InternFromString("__qualname__");
-    if (str_callback == NULL || str_self == NULL || str_qualname == NULL) {
+    str_done = PyUnicode_InternFromString("done");
+    if (str_callback == NULL || str_self == NULL || str_qualname == NULL || str_done == NULL) {
         return NULL;
     }
     if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
