@@ -272,3 +272,24 @@ def test_uvloop_says_scheduled_time_is_missing() -> None:
     (loop,) = session.loops
     assert "task-scheduled" in loop.missing
     assert "task-scheduled" in text.render(session)
+
+
+def test_the_scheduled_time_histogram_is_exported() -> None:
+    """With OpenTelemetry, full mode records each task step's time ready (seconds) under
+    its row: the three tasks ready behind the 100 ms block add up at least that each."""
+    from otel_helpers import memory_otel
+
+    with memory_otel() as otel:
+        with looptrace.installed(mode="full", summary=False):
+            asyncio.run(_workload())
+        data = otel.metrics.get_metrics_data()
+    points = [point for resource_metrics in data.resource_metrics
+              for scope_metrics in resource_metrics.scope_metrics
+              for metric in scope_metrics.metrics
+              if metric.name == "looptrace.task.scheduled.duration" and metric.unit == "s"
+              for point in metric.data.data_points]
+    by_name = {p.attributes["looptrace.task.name"]: p for p in points}
+    for i in range(3):
+        point = by_name[f"ready-{i}"]
+        assert point.count == 2 and point.sum >= BLOCK_S
+    assert by_name["poller"].count == 151

@@ -13,7 +13,7 @@ from types import CoroutineType, FrameType, GeneratorType
 from typing import Any
 
 from looptrace._text import printable
-from looptrace.events import task_group
+from looptrace.events import TaskFigures, task_group
 
 from .frames import USER, CodeMap
 
@@ -223,6 +223,15 @@ class OwnerTable:
             if oid is not None and oid < len(alive):
                 alive[oid] += now - born
         return alive
+
+    def task_figures(self) -> list[TaskFigures]:
+        """The task rows' steps, busy and scheduled time so far (for the metrics pump, off
+        the loop threads: it reads lists the loop threads append to, never resizes)."""
+        rows = list(self.rows)
+        size = min(len(rows), len(self.steps), len(self.busy_ns), len(self.scheduled_ns))
+        return [TaskFigures("task", row.name, row.coroutine, self.steps[oid],
+                            self.busy_ns[oid], 0, 0, 0, scheduled_ns=self.scheduled_ns[oid])
+                for oid, row in enumerate(rows[:size]) if row.kind == "task"]
 
     def _forget(self, key: int, _ref: object) -> None:
         oid = self.ids.pop(key, None)
