@@ -1119,6 +1119,257 @@ static PyTypeObject FullStepHook_Type = {
     .tp_dealloc = (destructor)StepHook_dealloc,
 };
 
+/* ---------------------------------------------------------------- ReadyMarks */
+
+/* Full mode: BaseEventLoop.call_soon, marking when a task's step became ready (for its
+ * scheduled time) and counting the wakes a task makes of itself. The Python version, and
+ * every rare path (a Task subclass not learnt yet, a task not registered yet, a full mark
+ * table), is looptrace._hooks.tasks.TaskWatch._mark, which ``slow`` calls. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;      /* the call_soon we replaced */
+    PyObject *ready;         /* OwnerTable.ready: {id(handle): ns} */
+    PyObject *born;          /* OwnerTable.born: {id(task): first ready ns} */
+    PyObject *ids;           /* OwnerTable.ids */
+    PyObject *task_types;    /* OwnerTable.task_types */
+    PyObject *self_wakes;    /* OwnerTable.counts["self_wakes"] */
+    PyObject *current_task;  /* current_task(loop), or the dict _current_tasks' get */
+    PyObject *future_type;   /* asyncio.Future: a subclass may be a Task subclass */
+    PyObject *slow;          /* slow(loop, callback, handle) */
+    PyObject *on_error;      /* on_error(exception): looptrace's fault, never raised */
+    Py_ssize_t max_ready;
+    unsigned long long faults;
+    int enabled;
+} ReadyMarks;
+
+static int
+ready_marks_mark(ReadyMarks *self, PyObject *loop, PyObject *callback, PyObject *handle)
+{
+    PyObject *owner = NULL, *hkey = NULL, *key = NULL, *now = NULL, *current = NULL;
+    int status = -1;
+    if (lookup_optional_attr(callback, str_self, &owner) < 0) {
+        return -1;
+    }
+    if (owner == NULL) {
+        return 0;
+    }
+    int is_task = PySet_Contains(self->task_types, (PyObject *)Py_TYPE(owner));
+    if (is_task < 0) {
+        goto done;
+    }
+    if (!is_task || PyDict_GET_SIZE(self->ready) >= self->max_ready) {
+        int future = is_task ? 1 : PyObject_IsInstance(owner, self->future_type);
+        if (future > 0) {
+            PyObject *r = PyObject_CallFunctionObjArgs(self->slow, loop, callback, handle, NULL);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+        status = future < 0 ? -1 : 0;
+        goto done;
+    }
+    now = PyLong_FromLongLong(now_ns());
+    hkey = now ? PyLong_FromVoidPtr(handle) : NULL;
+    key = hkey ? PyLong_FromVoidPtr(owner) : NULL;
+    if (key == NULL || PyDict_SetItem(self->ready, hkey, now) < 0) {
+        goto done;
+    }
+    int known = PyDict_Contains(self->born, key);
+    if (known < 0 || (!known && PyDict_SetItem(self->born, key, now) < 0)) {
+        goto done;
+    }
+    current = PyObject_CallOneArg(self->current_task, loop);
+    if (current == NULL) {
+        goto done;
+    }
+    if (current == owner) {
+        PyObject *oid = PyDict_GetItemWithError(self->ids, key);   /* borrowed */
+        if (oid == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            /* its first step is running: let Python register it */
+            PyObject *r = PyObject_CallFunctionObjArgs(self->slow, loop, callback, handle, NULL);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+        else {
+            Py_ssize_t i = PyLong_AsSsize_t(oid);
+            if ((i == -1 && PyErr_Occurred()) || add_to_list_item(self->self_wakes, i, 1) < 0) {
+                goto done;
+            }
+        }
+    }
+    status = 0;
+done:
+    Py_XDECREF(owner);
+    Py_XDECREF(hkey);
+    Py_XDECREF(key);
+    Py_XDECREF(now);
+    Py_XDECREF(current);
+    return status;
+}
+
+static PyObject *
+ReadyMarks_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    ReadyMarks *self = (ReadyMarks *)callable;
+    PyObject *handle = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (handle == NULL || !self->enabled || PyVectorcall_NARGS(nargsf) < 2) {
+        return handle;
+    }
+    if (ready_marks_mark(self, args[0], args[1], handle) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(handle);   /* KeyboardInterrupt and the like belong to the program */
+            return NULL;
+        }
+        self->faults++;
+        saved_error saved;
+        save_error(&saved);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *exc = saved.exc;
+#else
+        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
+        PyObject *exc = saved.value;
+        Py_XDECREF(saved.type);
+        Py_XDECREF(saved.tb);
+#endif
+        PyObject *r = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
+        Py_XDECREF(r);
+        Py_XDECREF(exc);
+        PyErr_Clear();   /* never into the program */
+    }
+    return handle;
+}
+
+static PyObject *
+ReadyMarks_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "owners", "current_task", "future_type", "slow",
+                             "on_error", NULL};
+    PyObject *original, *owners, *current_task, *future_type, *slow, *on_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO", kwlist, &original, &owners,
+                                     &current_task, &future_type, &slow, &on_error)) {
+        return NULL;
+    }
+    ReadyMarks *self = (ReadyMarks *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = ReadyMarks_vectorcall;
+    self->original = Py_NewRef(original);
+    self->current_task = Py_NewRef(current_task);
+    self->future_type = Py_NewRef(future_type);
+    self->slow = Py_NewRef(slow);
+    self->on_error = Py_NewRef(on_error);
+    self->enabled = 1;
+    PyObject *counts = PyObject_GetAttrString(owners, "counts");
+    PyObject *max_ready = counts ? PyObject_GetAttrString(owners, "MAX_READY") : NULL;
+    self->ready = max_ready ? PyObject_GetAttrString(owners, "ready") : NULL;
+    self->born = self->ready ? PyObject_GetAttrString(owners, "born") : NULL;
+    self->ids = self->born ? PyObject_GetAttrString(owners, "ids") : NULL;
+    self->task_types = self->ids ? PyObject_GetAttrString(owners, "task_types") : NULL;
+    self->self_wakes = (self->task_types && PyDict_Check(counts))
+                       ? PyDict_GetItemString(counts, "self_wakes") : NULL;
+    Py_XINCREF(self->self_wakes);
+    self->max_ready = max_ready ? PyLong_AsSsize_t(max_ready) : -1;
+    Py_XDECREF(counts);
+    Py_XDECREF(max_ready);
+    if (PyErr_Occurred() || self->self_wakes == NULL || !PyDict_Check(self->ready)
+        || !PyDict_Check(self->born) || !PyDict_Check(self->ids)
+        || !PyAnySet_Check(self->task_types) || !PyList_Check(self->self_wakes)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "owners must be a looptrace OwnerTable");
+        }
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+ReadyMarks_traverse(ReadyMarks *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->born);
+    Py_VISIT(self->ids);
+    Py_VISIT(self->task_types);
+    Py_VISIT(self->self_wakes);
+    Py_VISIT(self->current_task);
+    Py_VISIT(self->future_type);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int
+ReadyMarks_clear(ReadyMarks *self)
+{
+    self->enabled = 0;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->born);
+    Py_CLEAR(self->ids);
+    Py_CLEAR(self->task_types);
+    Py_CLEAR(self->self_wakes);
+    Py_CLEAR(self->current_task);
+    Py_CLEAR(self->future_type);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->on_error);
+    return 0;
+}
+
+static void
+ReadyMarks_dealloc(ReadyMarks *self)
+{
+    PyObject_GC_UnTrack(self);
+    ReadyMarks_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ReadyMarks_wrapped(ReadyMarks *self, void *closure)
+{
+    return Py_NewRef(self->original != NULL ? self->original : Py_None);
+}
+
+static PyMemberDef ReadyMarks_members[] = {
+    {"enabled", T_INT, offsetof(ReadyMarks, enabled), 0, "0 turns the marks off."},
+    {"faults", T_ULONGLONG, offsetof(ReadyMarks, faults), READONLY,
+     "Errors of looptrace's own caught (each also handed to on_error)."},
+    {NULL},
+};
+
+static PyGetSetDef ReadyMarks_getset[] = {
+    {"__wrapped__", (getter)ReadyMarks_wrapped, NULL, "The original call_soon.", NULL},
+    {NULL},
+};
+
+static PyTypeObject ReadyMarks_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.ReadyMarks",
+    .tp_doc = "ReadyMarks(original, owners, current_task, future_type, slow, on_error): "
+              "BaseEventLoop.call_soon that marks when each task step became ready.",
+    .tp_basicsize = sizeof(ReadyMarks),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR
+                | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = ReadyMarks_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ReadyMarks, vectorcall),
+    .tp_descr_get = StepHook_descr_get,
+    .tp_traverse = (traverseproc)ReadyMarks_traverse,
+    .tp_clear = (inquiry)ReadyMarks_clear,
+    .tp_dealloc = (destructor)ReadyMarks_dealloc,
+    .tp_members = ReadyMarks_members,
+    .tp_getset = ReadyMarks_getset,
+};
+
 /* ---------------------------------------------------------------- SelectTimer */
 
 /* Lag histogram: 8 sub-buckets per power of two, so a percentile read from it is within
@@ -1485,7 +1736,7 @@ PyInit__speedups(void)
     }
     if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
         || PyType_Ready(&FullStepHook_Type) < 0 || PyType_Ready(&SelectTimer_Type) < 0
-        || PyType_Ready(&Reraise_Type) < 0) {
+        || PyType_Ready(&Reraise_Type) < 0 || PyType_Ready(&ReadyMarks_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -1495,6 +1746,7 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(m, "StepSlot", (PyObject *)&StepSlot_Type) < 0
         || PyModule_AddObjectRef(m, "StepHook", (PyObject *)&StepHook_Type) < 0
         || PyModule_AddObjectRef(m, "FullStepHook", (PyObject *)&FullStepHook_Type) < 0
+        || PyModule_AddObjectRef(m, "ReadyMarks", (PyObject *)&ReadyMarks_Type) < 0
         || PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimer_Type) < 0
         || PyModule_AddIntConstant(m, "HIST_SUB_BITS", HIST_SUB_BITS) < 0) {
         Py_DECREF(m);

@@ -77,7 +77,8 @@ class Tracer:
         # (benchmarks/executor_overhead.py).
         self.executors = ExecutorCalls(self.codemap, lambda exc: recorder.fault("executors", exc))
         # Full mode only: call_soon runs several times per step (see _hooks/tasks.py).
-        self.task_watch = (TaskWatch(self.owners, lambda exc: recorder.fault("tasks", exc))
+        self.task_watch = (TaskWatch(self.owners, lambda exc: recorder.fault("tasks", exc),
+                                     accelerated=options.accelerator)
                            if self.owners is not None else None)
 
     # -- lifecycle
