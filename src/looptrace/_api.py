@@ -65,7 +65,8 @@ class _Installation:
                                 snapshot=self.snapshot,
                                 executors=self.tracer.executors
                                 if self.options.mode == "full" else None,
-                                live_span=self.tracer.long_steps.live_spans.get)
+                                live_span=self.tracer.long_steps.live_spans.get,
+                                tasks=self.tracer.owners)
             self.sinks = _live_sinks(self.options, inputs)
             if self.sinks:
                 # Each block is converted once, on the dispatch thread, into the record

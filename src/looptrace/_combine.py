@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from .analysis import median_low
+from .analysis import median_low, task_warnings
 from .events import CodeLocation
 from .hotspots import advise
 from .pools import ordered, pool_warning
@@ -47,6 +47,42 @@ class _TaskTotal:
     blocks: int = 0
     block_ms: float = 0.0
     max_block_ms: float = 0.0
+    scheduled_ms: float | None = None
+    idle_ms: float | None = None
+    max_step_ms: float | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add_time(self, task: TaskSummary) -> None:
+        """Full mode's per-task time and life, summed (the longest step kept)."""
+        if task.scheduled_ms is not None:
+            self.scheduled_ms = (self.scheduled_ms or 0.0) + task.scheduled_ms
+        if task.idle_ms is not None:
+            self.idle_ms = (self.idle_ms or 0.0) + task.idle_ms
+        if task.max_step_ms is not None:
+            self.max_step_ms = max(self.max_step_ms or 0.0, task.max_step_ms)
+        for name in _TASK_COUNTS:
+            self.counts[name] += getattr(task, name)
+
+    def summary(self, kind: str, name: str, coroutine: str | None,
+                threshold_ms: float) -> TaskSummary:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
+        counts = self.counts
+        row = TaskSummary(kind, name, coroutine, self.steps, rounded(self.busy_ms),
+                          self.blocks, round(self.block_ms, 3), self.max_block_ms,
+                          scheduled_ms=rounded(self.scheduled_ms), idle_ms=rounded(self.idle_ms),
+                          max_step_ms=self.max_step_ms, created=counts["created"],
+                          done=counts["done"], cancelled=counts["cancelled"],
+                          exception_never_retrieved=counts["exception_never_retrieved"],
+                          pending_at_close=counts["pending_at_close"],
+                          destroyed_pending=counts["destroyed_pending"],
+                          self_wakes=counts["self_wakes"])
+        return replace(row, warnings=task_warnings(row, threshold_ms))
+
+
+_TASK_COUNTS = ("created", "done", "cancelled", "exception_never_retrieved",
+                "pending_at_close", "destroyed_pending", "self_wakes")
 
 
 @dataclass(slots=True)
@@ -179,6 +215,7 @@ class Combined:
             row.blocks += task.blocks
             row.block_ms += task.block_ms
             row.max_block_ms = max(row.max_block_ms, task.max_block_ms)
+            row.add_time(task)
         if session.timeline is not None:
             self._add_timeline(session.timeline, new_ids, offset_ms)
         for what, count in session.dropped.items():
@@ -234,9 +271,7 @@ class Combined:
                                     total_ms=round(total.total_ms, 3), max_ms=total.max_ms,
                                     p50_ms=p50))
         tasks = sorted(
-            (TaskSummary(kind, name, coroutine, row.steps,
-                         None if row.busy_ms is None else round(row.busy_ms, 3),
-                         row.blocks, round(row.block_ms, 3), row.max_block_ms)
+            (row.summary(kind, name, coroutine, self._threshold_ms)
              for (kind, name, coroutine), row in self._tasks.items()),
             key=lambda t: (-t.block_ms, -(t.busy_ms or 0.0), t.name))
         timeline = (Timeline(tuple(self._owners), tuple(self._timelines))

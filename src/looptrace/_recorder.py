@@ -411,17 +411,24 @@ class Recorder:
 def _merge_owner_rows(tasks: list[TaskFigures], owners: OwnerTable) -> list[TaskFigures]:
     """Full mode: join the per-owner busy time with the per-task block figures."""
     by_key = {(t.name, t.coroutine): t for t in tasks}
+    alive = owners.alive_lifetime_ns(now_ns())
     merged = []
     for oid, row in enumerate(owners.rows):
         steps = owners.steps[oid]
         if oid == 0 and not steps:
             continue
         blocks = by_key.pop((row.name, row.coroutine), None)
+        counts = {name: column[oid] for name, column in owners.counts.items()}
+        is_task = row.kind == "task"
+        idle = (max(owners.lifetime_ns[oid] + alive[oid] - owners.busy_ns[oid]
+                    - owners.scheduled_ns[oid], 0) if is_task else None)
         merged.append(TaskFigures(
-            "task" if row.kind == "task" else "callback", row.name, row.coroutine,
+            "task" if is_task else "callback", row.name, row.coroutine,
             steps, owners.busy_ns[oid],
             blocks.blocks if blocks else 0, blocks.block_ns if blocks else 0,
-            blocks.max_block_ns if blocks else 0))
+            blocks.max_block_ns if blocks else 0,
+            scheduled_ns=owners.scheduled_ns[oid] if is_task else None, idle_ns=idle,
+            max_step_ns=owners.max_step_ns[oid], **counts))
     merged.extend(by_key.values())
     return merged
 

@@ -305,6 +305,10 @@ typedef struct {
     PyObject *register_owner;   /* register(key, owner, callback) -> owner id */
     PyObject *owner_busy;       /* list: busy ns per owner id */
     PyObject *owner_steps;      /* list: steps per owner id */
+    PyObject *owner_scheduled;  /* list: ns a task waited ready, per owner id */
+    PyObject *owner_max;        /* list: longest step ns per owner id */
+    PyObject *ready;            /* {id(handle): ns call_soon made the task ready} */
+    PyObject *finished;         /* finished(task, owner id, end_ns): a task step ended it */
     Py_ssize_t ring_capacity;
     /* inline mode (enable_inline): run the step as Handle._run does, without entering the
      * interpreter for _run itself; only for the exact stdlib Handle classes */
@@ -379,7 +383,7 @@ slot_for_this_thread(StepHook *hook)
     return slot;
 }
 
-static PyObject *str_callback, *str_self, *str_qualname;
+static PyObject *str_callback, *str_self, *str_qualname, *str_done;
 
 /* getattr(obj, name, None) without raising and catching AttributeError. */
 static inline int
@@ -408,6 +412,69 @@ add_to_list_item(PyObject *list, Py_ssize_t i, long long amount)
         return -1;
     }
     return PyList_SetItem(list, i, value);   /* steals value */
+}
+
+static int
+max_list_item(PyObject *list, Py_ssize_t i, long long value)
+{
+    if (!PyList_Check(list) || i < 0 || i >= PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_IndexError, "owner id out of range");
+        return -1;
+    }
+    long long old = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+    if (old == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (value <= old) {
+        return 0;
+    }
+    PyObject *item = PyLong_FromLongLong(value);
+    if (item == NULL) {
+        return -1;
+    }
+    return PyList_SetItem(list, i, item);   /* steals item */
+}
+
+/* Full mode, a task's step: the time it waited ready (from the mark call_soon left under
+ * id(handle); a wake the step made of its own task is another handle, left for the next
+ * step), and, when the step ended the task, OwnerTable.finished. Mirrors
+ * looptrace._hooks.steps.FullStepHook. */
+static int
+record_task_step(StepHook *hook, PyObject *handle, PyObject *owner, PyObject *oid,
+                 Py_ssize_t i, long long start, long long end)
+{
+    PyObject *hkey = PyLong_FromVoidPtr(handle);
+    if (hkey == NULL) {
+        return -1;
+    }
+    PyObject *mark = PyDict_GetItemWithError(hook->ready, hkey);   /* borrowed */
+    if (mark != NULL) {
+        long long ready_ns = PyLong_AsLongLong(mark);
+        if ((ready_ns == -1 && PyErr_Occurred()) || PyDict_DelItem(hook->ready, hkey) < 0
+            || add_to_list_item(hook->owner_scheduled, i, start - ready_ns) < 0) {
+            Py_DECREF(hkey);
+            return -1;
+        }
+    }
+    Py_DECREF(hkey);
+    if (mark == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *done = PyObject_CallMethodNoArgs(owner, str_done);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done <= 0) {
+        return is_done;
+    }
+    PyObject *r = PyObject_CallFunction(hook->finished, "OOL", owner, oid, end);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Full mode: the step's owner id (a dict hit after the owner's first step), its figures,
@@ -464,7 +531,11 @@ record_step(StepHook *hook, StepSlot *slot, PyObject *handle, long long start, l
         goto done;
     }
     if (add_to_list_item(hook->owner_busy, i, duration) < 0
-        || add_to_list_item(hook->owner_steps, i, 1) < 0) {
+        || add_to_list_item(hook->owner_steps, i, 1) < 0
+        || max_list_item(hook->owner_max, i, duration) < 0) {
+        goto done;
+    }
+    if (is_task && record_task_step(hook, handle, owner, oid, i, start, start + duration) < 0) {
         goto done;
     }
     if (slot->ring != NULL) {
@@ -798,12 +869,20 @@ StepHook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         self->owner_busy = self->register_owner ? PyObject_GetAttrString(owners, "busy_ns")
                                                 : NULL;
         self->owner_steps = self->owner_busy ? PyObject_GetAttrString(owners, "steps") : NULL;
-        if (self->owner_steps == NULL) {
+        self->owner_scheduled = self->owner_steps
+                                ? PyObject_GetAttrString(owners, "scheduled_ns") : NULL;
+        self->owner_max = self->owner_scheduled
+                          ? PyObject_GetAttrString(owners, "max_step_ns") : NULL;
+        self->ready = self->owner_max ? PyObject_GetAttrString(owners, "ready") : NULL;
+        self->finished = self->ready ? PyObject_GetAttrString(owners, "finished") : NULL;
+        if (self->finished == NULL) {
             Py_DECREF(self);
             return NULL;
         }
         if (!PyDict_Check(self->owner_ids) || !PyAnySet_Check(self->task_types)
-            || !PyList_Check(self->owner_busy) || !PyList_Check(self->owner_steps)) {
+            || !PyList_Check(self->owner_busy) || !PyList_Check(self->owner_steps)
+            || !PyList_Check(self->owner_scheduled) || !PyList_Check(self->owner_max)
+            || !PyDict_Check(self->ready)) {
             PyErr_SetString(PyExc_TypeError,
                             "owners must have dict ids, set task_types, list busy_ns and steps");
             Py_DECREF(self);
@@ -839,6 +918,10 @@ StepHook_traverse(StepHook *self, visitproc visit, void *arg)
     Py_VISIT(self->register_owner);
     Py_VISIT(self->owner_busy);
     Py_VISIT(self->owner_steps);
+    Py_VISIT(self->owner_scheduled);
+    Py_VISIT(self->owner_max);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->finished);
     Py_VISIT(self->inline_types);
     Py_VISIT(self->context_run);
     return 0;
@@ -856,6 +939,10 @@ StepHook_clear(StepHook *self)
     Py_CLEAR(self->register_owner);
     Py_CLEAR(self->owner_busy);
     Py_CLEAR(self->owner_steps);
+    Py_CLEAR(self->owner_scheduled);
+    Py_CLEAR(self->owner_max);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->finished);
     Py_CLEAR(self->inline_types);
     Py_CLEAR(self->context_run);
     return 0;
@@ -1030,6 +1117,257 @@ static PyTypeObject FullStepHook_Type = {
     .tp_traverse = (traverseproc)StepHook_traverse,
     .tp_clear = (inquiry)StepHook_clear,
     .tp_dealloc = (destructor)StepHook_dealloc,
+};
+
+/* ---------------------------------------------------------------- ReadyMarks */
+
+/* Full mode: BaseEventLoop.call_soon, marking when a task's step became ready (for its
+ * scheduled time) and counting the wakes a task makes of itself. The Python version, and
+ * every rare path (a Task subclass not learnt yet, a task not registered yet, a full mark
+ * table), is looptrace._hooks.tasks.TaskWatch._mark, which ``slow`` calls. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;      /* the call_soon we replaced */
+    PyObject *ready;         /* OwnerTable.ready: {id(handle): ns} */
+    PyObject *born;          /* OwnerTable.born: {id(task): first ready ns} */
+    PyObject *ids;           /* OwnerTable.ids */
+    PyObject *task_types;    /* OwnerTable.task_types */
+    PyObject *self_wakes;    /* OwnerTable.counts["self_wakes"] */
+    PyObject *current_task;  /* current_task(loop), or the dict _current_tasks' get */
+    PyObject *future_type;   /* asyncio.Future: a subclass may be a Task subclass */
+    PyObject *slow;          /* slow(loop, callback, handle) */
+    PyObject *on_error;      /* on_error(exception): looptrace's fault, never raised */
+    Py_ssize_t max_ready;
+    unsigned long long faults;
+    int enabled;
+} ReadyMarks;
+
+static int
+ready_marks_mark(ReadyMarks *self, PyObject *loop, PyObject *callback, PyObject *handle)
+{
+    PyObject *owner = NULL, *hkey = NULL, *key = NULL, *now = NULL, *current = NULL;
+    int status = -1;
+    if (lookup_optional_attr(callback, str_self, &owner) < 0) {
+        return -1;
+    }
+    if (owner == NULL) {
+        return 0;
+    }
+    int is_task = PySet_Contains(self->task_types, (PyObject *)Py_TYPE(owner));
+    if (is_task < 0) {
+        goto done;
+    }
+    if (!is_task || PyDict_GET_SIZE(self->ready) >= self->max_ready) {
+        int future = is_task ? 1 : PyObject_IsInstance(owner, self->future_type);
+        if (future > 0) {
+            PyObject *r = PyObject_CallFunctionObjArgs(self->slow, loop, callback, handle, NULL);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+        status = future < 0 ? -1 : 0;
+        goto done;
+    }
+    now = PyLong_FromLongLong(now_ns());
+    hkey = now ? PyLong_FromVoidPtr(handle) : NULL;
+    key = hkey ? PyLong_FromVoidPtr(owner) : NULL;
+    if (key == NULL || PyDict_SetItem(self->ready, hkey, now) < 0) {
+        goto done;
+    }
+    int known = PyDict_Contains(self->born, key);
+    if (known < 0 || (!known && PyDict_SetItem(self->born, key, now) < 0)) {
+        goto done;
+    }
+    current = PyObject_CallOneArg(self->current_task, loop);
+    if (current == NULL) {
+        goto done;
+    }
+    if (current == owner) {
+        PyObject *oid = PyDict_GetItemWithError(self->ids, key);   /* borrowed */
+        if (oid == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            /* its first step is running: let Python register it */
+            PyObject *r = PyObject_CallFunctionObjArgs(self->slow, loop, callback, handle, NULL);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+        else {
+            Py_ssize_t i = PyLong_AsSsize_t(oid);
+            if ((i == -1 && PyErr_Occurred()) || add_to_list_item(self->self_wakes, i, 1) < 0) {
+                goto done;
+            }
+        }
+    }
+    status = 0;
+done:
+    Py_XDECREF(owner);
+    Py_XDECREF(hkey);
+    Py_XDECREF(key);
+    Py_XDECREF(now);
+    Py_XDECREF(current);
+    return status;
+}
+
+static PyObject *
+ReadyMarks_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                      PyObject *kwnames)
+{
+    ReadyMarks *self = (ReadyMarks *)callable;
+    PyObject *handle = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (handle == NULL || !self->enabled || PyVectorcall_NARGS(nargsf) < 2) {
+        return handle;
+    }
+    if (ready_marks_mark(self, args[0], args[1], handle) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(handle);   /* KeyboardInterrupt and the like belong to the program */
+            return NULL;
+        }
+        self->faults++;
+        saved_error saved;
+        save_error(&saved);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *exc = saved.exc;
+#else
+        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
+        PyObject *exc = saved.value;
+        Py_XDECREF(saved.type);
+        Py_XDECREF(saved.tb);
+#endif
+        PyObject *r = PyObject_CallOneArg(self->on_error, exc != NULL ? exc : Py_None);
+        Py_XDECREF(r);
+        Py_XDECREF(exc);
+        PyErr_Clear();   /* never into the program */
+    }
+    return handle;
+}
+
+static PyObject *
+ReadyMarks_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"original", "owners", "current_task", "future_type", "slow",
+                             "on_error", NULL};
+    PyObject *original, *owners, *current_task, *future_type, *slow, *on_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO", kwlist, &original, &owners,
+                                     &current_task, &future_type, &slow, &on_error)) {
+        return NULL;
+    }
+    ReadyMarks *self = (ReadyMarks *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = ReadyMarks_vectorcall;
+    self->original = Py_NewRef(original);
+    self->current_task = Py_NewRef(current_task);
+    self->future_type = Py_NewRef(future_type);
+    self->slow = Py_NewRef(slow);
+    self->on_error = Py_NewRef(on_error);
+    self->enabled = 1;
+    PyObject *counts = PyObject_GetAttrString(owners, "counts");
+    PyObject *max_ready = counts ? PyObject_GetAttrString(owners, "MAX_READY") : NULL;
+    self->ready = max_ready ? PyObject_GetAttrString(owners, "ready") : NULL;
+    self->born = self->ready ? PyObject_GetAttrString(owners, "born") : NULL;
+    self->ids = self->born ? PyObject_GetAttrString(owners, "ids") : NULL;
+    self->task_types = self->ids ? PyObject_GetAttrString(owners, "task_types") : NULL;
+    self->self_wakes = (self->task_types && PyDict_Check(counts))
+                       ? PyDict_GetItemString(counts, "self_wakes") : NULL;
+    Py_XINCREF(self->self_wakes);
+    self->max_ready = max_ready ? PyLong_AsSsize_t(max_ready) : -1;
+    Py_XDECREF(counts);
+    Py_XDECREF(max_ready);
+    if (PyErr_Occurred() || self->self_wakes == NULL || !PyDict_Check(self->ready)
+        || !PyDict_Check(self->born) || !PyDict_Check(self->ids)
+        || !PyAnySet_Check(self->task_types) || !PyList_Check(self->self_wakes)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "owners must be a looptrace OwnerTable");
+        }
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+ReadyMarks_traverse(ReadyMarks *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->ready);
+    Py_VISIT(self->born);
+    Py_VISIT(self->ids);
+    Py_VISIT(self->task_types);
+    Py_VISIT(self->self_wakes);
+    Py_VISIT(self->current_task);
+    Py_VISIT(self->future_type);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int
+ReadyMarks_clear(ReadyMarks *self)
+{
+    self->enabled = 0;
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->born);
+    Py_CLEAR(self->ids);
+    Py_CLEAR(self->task_types);
+    Py_CLEAR(self->self_wakes);
+    Py_CLEAR(self->current_task);
+    Py_CLEAR(self->future_type);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->on_error);
+    return 0;
+}
+
+static void
+ReadyMarks_dealloc(ReadyMarks *self)
+{
+    PyObject_GC_UnTrack(self);
+    ReadyMarks_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ReadyMarks_wrapped(ReadyMarks *self, void *closure)
+{
+    return Py_NewRef(self->original != NULL ? self->original : Py_None);
+}
+
+static PyMemberDef ReadyMarks_members[] = {
+    {"enabled", T_INT, offsetof(ReadyMarks, enabled), 0, "0 turns the marks off."},
+    {"faults", T_ULONGLONG, offsetof(ReadyMarks, faults), READONLY,
+     "Errors of looptrace's own caught (each also handed to on_error)."},
+    {NULL},
+};
+
+static PyGetSetDef ReadyMarks_getset[] = {
+    {"__wrapped__", (getter)ReadyMarks_wrapped, NULL, "The original call_soon.", NULL},
+    {NULL},
+};
+
+static PyTypeObject ReadyMarks_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "looptrace._speedups.ReadyMarks",
+    .tp_doc = "ReadyMarks(original, owners, current_task, future_type, slow, on_error): "
+              "BaseEventLoop.call_soon that marks when each task step became ready.",
+    .tp_basicsize = sizeof(ReadyMarks),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR
+                | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = ReadyMarks_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ReadyMarks, vectorcall),
+    .tp_descr_get = StepHook_descr_get,
+    .tp_traverse = (traverseproc)ReadyMarks_traverse,
+    .tp_clear = (inquiry)ReadyMarks_clear,
+    .tp_dealloc = (destructor)ReadyMarks_dealloc,
+    .tp_members = ReadyMarks_members,
+    .tp_getset = ReadyMarks_getset,
 };
 
 /* ---------------------------------------------------------------- SelectTimer */
@@ -1392,12 +1730,13 @@ PyInit__speedups(void)
     str_callback = PyUnicode_InternFromString("_callback");
     str_self = PyUnicode_InternFromString("__self__");
     str_qualname = PyUnicode_InternFromString("__qualname__");
-    if (str_callback == NULL || str_self == NULL || str_qualname == NULL) {
+    str_done = PyUnicode_InternFromString("done");
+    if (str_callback == NULL || str_self == NULL || str_qualname == NULL || str_done == NULL) {
         return NULL;
     }
     if (PyType_Ready(&StepSlot_Type) < 0 || PyType_Ready(&StepHook_Type) < 0
         || PyType_Ready(&FullStepHook_Type) < 0 || PyType_Ready(&SelectTimer_Type) < 0
-        || PyType_Ready(&Reraise_Type) < 0) {
+        || PyType_Ready(&Reraise_Type) < 0 || PyType_Ready(&ReadyMarks_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -1407,6 +1746,7 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(m, "StepSlot", (PyObject *)&StepSlot_Type) < 0
         || PyModule_AddObjectRef(m, "StepHook", (PyObject *)&StepHook_Type) < 0
         || PyModule_AddObjectRef(m, "FullStepHook", (PyObject *)&FullStepHook_Type) < 0
+        || PyModule_AddObjectRef(m, "ReadyMarks", (PyObject *)&ReadyMarks_Type) < 0
         || PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimer_Type) < 0
         || PyModule_AddIntConstant(m, "HIST_SUB_BITS", HIST_SUB_BITS) < 0) {
         Py_DECREF(m);

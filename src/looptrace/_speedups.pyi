@@ -65,6 +65,18 @@ class FullStepHook(StepHook):
                 owners: Any, ring_capacity: int = 0) -> Self: ...
 
 @final
+class ReadyMarks:
+    enabled: int
+    faults: int
+    @property
+    def __wrapped__(self) -> Callable[..., Any]: ...
+    def __new__(cls, original: Callable[..., Any], owners: Any,
+                current_task: Callable[[Any], Any], future_type: type,
+                slow: Callable[[Any, Any, Any], None],
+                on_error: Callable[[BaseException], None]) -> Self: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
 class SelectTimer:
     threshold_ns: int
     enabled: int

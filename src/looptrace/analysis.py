@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ._histogram import percentile
-from .events import Block, LoopFigures, Recording, SiteFigures, Victims
+from .events import Block, LoopFigures, Recording, SiteFigures, TaskFigures, Victims
 from .hotspots import advise
 from .session import (
     BlockEvent,
@@ -110,6 +111,39 @@ def _victim_fields(victims: Victims | None) -> dict[str, Any]:
     }
 
 
+BUSY_POLL_MIN_STEPS = 100
+"""A task is a busy-poller when at least this many steps and more than half of them
+self-woken (tokio-console: woken far more often than it does work)."""
+
+
+def task_warnings(task: TaskSummary, threshold_ms: float) -> tuple[str, ...]:
+    """Warnings in tokio-console's manner, for one row of the per-task table (full mode)."""
+    found = []
+    if task.max_step_ms is not None and task.max_step_ms >= threshold_ms:
+        found.append("long-step")  # did not yield for longer than the threshold
+    steps = task.steps or 0
+    if steps >= BUSY_POLL_MIN_STEPS and task.self_wakes * 2 > steps:
+        found.append("busy-poll")
+    if task.pending_at_close:
+        found.append("pending-at-close")
+    if task.destroyed_pending:
+        found.append("destroyed-pending")
+    if task.exception_never_retrieved:
+        found.append("exception-never-retrieved")
+    return tuple(found)
+
+
+def task_summary(t: TaskFigures, threshold_ms: float) -> TaskSummary:
+    summary = TaskSummary(
+        t.kind, t.name, t.coroutine, t.steps, _opt_ms(t.busy_ns), t.blocks, ms(t.block_ns),
+        ms(t.max_block_ns), scheduled_ms=_opt_ms(t.scheduled_ns), idle_ms=_opt_ms(t.idle_ns),
+        max_step_ms=_opt_ms(t.max_step_ns), created=t.created, done=t.done,
+        cancelled=t.cancelled, exception_never_retrieved=t.never_retrieved,
+        pending_at_close=t.pending_at_close, destroyed_pending=t.destroyed_pending,
+        self_wakes=t.self_wakes)
+    return replace(summary, warnings=task_warnings(summary, threshold_ms))
+
+
 def timeline(recording: Recording) -> Timeline | None:
     if recording.mode != "full":
         return None
@@ -129,10 +163,9 @@ def session_from(recording: Recording, version: str) -> Session:
     started_at = datetime.fromtimestamp(started_unix_ns / 1e9, tz=UTC)
     hotspots = sorted((hotspot(s) for s in recording.sites),
                       key=lambda h: (-h.total_ms, -h.count, h.call or ""))
+    threshold_ms = ms(recording.threshold_ns)
     tasks = sorted(
-        (TaskSummary(t.kind, t.name, t.coroutine, t.steps,
-                     _opt_ms(t.busy_ns), t.blocks, ms(t.block_ns), ms(t.max_block_ns))
-         for t in recording.tasks),
+        (task_summary(t, threshold_ms) for t in recording.tasks),
         key=lambda t: (-t.block_ms, -(t.busy_ms or 0.0), t.name))
     return Session(
         looptrace_version=version,

@@ -233,6 +233,17 @@ class TaskFigures:
     blocks: int
     block_ns: int
     max_block_ns: int
+    # Full mode's per-task time and life (_hooks/tasks.py); None/0 in default mode.
+    scheduled_ns: int | None = None
+    idle_ns: int | None = None
+    max_step_ns: int | None = None
+    created: int = 0
+    done: int = 0
+    cancelled: int = 0
+    never_retrieved: int = 0
+    destroyed_pending: int = 0
+    pending_at_close: int = 0
+    self_wakes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

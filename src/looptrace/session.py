@@ -142,6 +142,23 @@ class TaskSummary:
     blocks: int
     block_ms: float
     max_block_ms: float
+    # Full mode (docs/tasks.md): None or 0 in default mode and in older reports.
+    scheduled_ms: float | None = None
+    """Ready, waiting for the loop: from the wake (call_soon) to the step's start, summed."""
+    idle_ms: float | None = None
+    """Awaiting: lifetime minus busy minus scheduled (tasks only)."""
+    max_step_ms: float | None = None
+    created: int = 0
+    done: int = 0
+    cancelled: int = 0
+    exception_never_retrieved: int = 0
+    pending_at_close: int = 0
+    destroyed_pending: int = 0
+    self_wakes: int = 0
+    """Wakes a task made of itself inside its own step (``await asyncio.sleep(0)``)."""
+    warnings: tuple[str, ...] = ()
+    """In tokio-console's manner: ``long-step``, ``busy-poll``, ``pending-at-close``,
+    ``destroyed-pending``, ``exception-never-retrieved`` (see ``analysis.task_warnings``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +491,13 @@ def _read_task(r: _Reader) -> TaskSummary:
         steps=r["steps"].opt_integer(), busy_ms=r["busy_ms"].opt_number(),
         blocks=r["blocks"].integer(),
         block_ms=r["block_ms"].number(), max_block_ms=r["max_block_ms"].number(),
+        scheduled_ms=r.get("scheduled_ms").opt_number(), idle_ms=r.get("idle_ms").opt_number(),
+        max_step_ms=r.get("max_step_ms").opt_number(), created=r.get("created", 0).integer(),
+        done=r.get("done", 0).integer(), cancelled=r.get("cancelled", 0).integer(),
+        exception_never_retrieved=r.get("exception_never_retrieved", 0).integer(),
+        pending_at_close=r.get("pending_at_close", 0).integer(),
+        destroyed_pending=r.get("destroyed_pending", 0).integer(),
+        self_wakes=r.get("self_wakes", 0).integer(), warnings=r.get("warnings", []).texts(),
     )
 
 

@@ -52,6 +52,9 @@ NATIVE = ("native-stacks", "gil-stalls")
 """What the accelerator's native sampler adds to a loop whose steps the C hook times."""
 EXECUTOR_CALLS = ("executor-calls",)
 """Full mode on an asyncio loop: its run_in_executor calls are timed (_hooks/executors)."""
+TASK_SCHEDULED = ("task-scheduled",)
+"""Full mode on an asyncio loop: each task's time ready before its steps (_hooks/tasks);
+on another loop (uvloop's call_soon is Cython) it is missing."""
 
 
 class TracerState(Protocol):
@@ -263,7 +266,8 @@ class Doors:
         threshold_ns = self._options.threshold_ns
         record = self._recorder.add_loop(
             loop, f"{type(loop).__module__}.{type(loop).__qualname__}",
-            HEARTBEAT_COVERAGE, HEARTBEAT_MISSING + NATIVE)
+            HEARTBEAT_COVERAGE, HEARTBEAT_MISSING + NATIVE
+            + (TASK_SCHEDULED if self._options.mode == "full" else ()))
         heartbeat = Heartbeat(loop, record.loop_id, interval_for(threshold_ns), threshold_ns,
                               self._on_late_beat,
                               lambda exc: self._recorder.fault("heartbeat", exc))
@@ -275,7 +279,7 @@ class Doors:
     def _native_coverage(self, coverage: tuple[str, ...], missing: tuple[str, ...]
                          ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if self._options.mode == "full":
-            coverage += EXECUTOR_CALLS
+            coverage += EXECUTOR_CALLS + TASK_SCHEDULED
         if self._tracer.native_reason is None:
             return coverage + NATIVE, missing
         return coverage, missing + NATIVE

@@ -8,11 +8,12 @@ import threading
 import weakref
 from asyncio import tasks as _tasks
 from dataclasses import dataclass
+from time import perf_counter_ns
 from types import CoroutineType, FrameType, GeneratorType
 from typing import Any
 
 from looptrace._text import printable
-from looptrace.events import task_group
+from looptrace.events import TaskFigures, task_group
 
 from .frames import USER, CodeMap
 
@@ -121,12 +122,21 @@ class OwnerRow:
 class OwnerTable:
     """Full mode: maps each step's owner to a small integer, and sums busy time per owner.
 
-    The hot path reads :attr:`ids` and bumps :attr:`busy_ns`/:attr:`steps`; everything
-    else (naming, weak references that forget a dead task's id) happens in
-    :meth:`register`, once per task or callback function.
+    The hot path reads :attr:`ids` and bumps :attr:`busy_ns`/:attr:`steps` (and, for the
+    per-task time of ``_hooks/tasks.py``, :attr:`scheduled_ns`, :attr:`max_step_ns`, the
+    :attr:`ready` marks and :meth:`finished`); everything else (naming, weak references
+    that forget a dead task's id) happens in :meth:`register`, once per task or callback
+    function.
     """
 
     OTHER = 0
+    MAX_READY = 100_000
+    """Ready marks kept (a mark whose handle never runs, on a loop closed with ready
+    handles, would stay): past this the marks are dropped, counted in ``ready_dropped``."""
+
+    COUNTS = ("created", "done", "cancelled", "never_retrieved", "destroyed_pending",
+              "pending_at_close", "self_wakes")
+    """Per-row counters of the task lifecycle (see ``_hooks/tasks.py``)."""
 
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
@@ -135,6 +145,15 @@ class OwnerTable:
         self.rows: list[OwnerRow] = [OwnerRow("other", "(more tasks than max_tasks)", None)]
         self.busy_ns: list[int] = [0]
         self.steps: list[int] = [0]
+        self.scheduled_ns: list[int] = [0]
+        self.max_step_ns: list[int] = [0]
+        self.lifetime_ns: list[int] = [0]
+        self.counts: dict[str, list[int]] = {name: [0] for name in self.COUNTS}
+        self.ready: dict[int, int] = {}
+        """id(handle) -> when ``call_soon`` made a task's step ready (perf_counter ns)."""
+        self.born: dict[int, int] = {}
+        """id(task) -> its first ready time, for the tasks alive."""
+        self.ready_dropped = 0
         self.dropped = 0
         self._by_row: dict[tuple[str, str, str | None], int] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}
@@ -146,26 +165,77 @@ class OwnerTable:
             if task is not None:
                 key = id(task)
                 name, coroutine = task_row(task)
-                row_key: tuple[str, str, str | None] = ("task", name, coroutine)
+                oid = self._row_id(("task", name, coroutine))
+                self.counts["created"][oid] += 1
             else:
-                row_key = ("callback", callback_name(callback), None)
-            oid = self._by_row.get(row_key)
-            if oid is None:
-                if len(self.rows) > self.max_rows:
-                    oid = self.OTHER
-                    self.dropped += 1
-                else:
-                    oid = len(self.rows)
-                    self.rows.append(OwnerRow(*row_key))
-                    self.busy_ns.append(0)
-                    self.steps.append(0)
-                    self._by_row[row_key] = oid
+                oid = self._row_id(("callback", callback_name(callback), None))
             self.ids[key] = oid
             if task is not None:
                 # When the task dies its id may be reused by another object: forget it.
                 self._refs[key] = weakref.ref(task, functools.partial(self._forget, key))
             return oid
 
+    def _row_id(self, row_key: tuple[str, str, str | None]) -> int:
+        oid = self._by_row.get(row_key)
+        if oid is None:
+            if len(self.rows) > self.max_rows:
+                self.dropped += 1
+                return self.OTHER
+            oid = len(self.rows)
+            self.rows.append(OwnerRow(*row_key))
+            for column in (self.busy_ns, self.steps, self.scheduled_ns, self.max_step_ns,
+                           self.lifetime_ns, *self.counts.values()):
+                column.append(0)
+            self._by_row[row_key] = oid
+        return oid
+
+    def task_row_id(self, task: Any) -> int:
+        """The row of ``task`` without registering it (it may be in its finaliser)."""
+        with self._lock:
+            oid = self.ids.get(id(task))
+            if oid is None:
+                name, coroutine = task_row(task)
+                oid = self._row_id(("task", name, coroutine))
+            return oid
+
+    def mark_ready(self, handle: Any, now: int) -> None:
+        ready = self.ready
+        if len(ready) >= self.MAX_READY:
+            self.ready_dropped += len(ready)
+            ready.clear()
+        ready[id(handle)] = now
+
+    def finished(self, task: Any, oid: int, end_ns: int) -> None:
+        """A task step ended with the task done: count it, and end its lifetime."""
+        born = self.born.pop(id(task), None)
+        if born is not None:
+            self.lifetime_ns[oid] += end_ns - born
+        self.counts["done"][oid] += 1
+        if task.cancelled():
+            self.counts["cancelled"][oid] += 1
+
+    def alive_lifetime_ns(self, now: int) -> list[int]:
+        """Per row: the time so far of the tasks alive (born, not finished)."""
+        alive = [0] * len(self.rows)
+        ids = self.ids
+        for key, born in list(self.born.items()):
+            oid = ids.get(key)
+            if oid is not None and oid < len(alive):
+                alive[oid] += now - born
+        return alive
+
+    def task_figures(self) -> list[TaskFigures]:
+        """The task rows' steps, busy and scheduled time so far (for the metrics pump, off
+        the loop threads: it reads lists the loop threads append to, never resizes)."""
+        rows = list(self.rows)
+        size = min(len(rows), len(self.steps), len(self.busy_ns), len(self.scheduled_ns))
+        return [TaskFigures("task", row.name, row.coroutine, self.steps[oid],
+                            self.busy_ns[oid], 0, 0, 0, scheduled_ns=self.scheduled_ns[oid])
+                for oid, row in enumerate(rows[:size]) if row.kind == "task"]
+
     def _forget(self, key: int, _ref: object) -> None:
-        self.ids.pop(key, None)
+        oid = self.ids.pop(key, None)
         self._refs.pop(key, None)
+        born = self.born.pop(key, None)
+        if oid is not None and born is not None:  # died unfinished: destroyed while pending
+            self.lifetime_ns[oid] += perf_counter_ns() - born

@@ -197,6 +197,10 @@ class FullStepHook(PythonStepHook, metaclass=ABCMeta):
         register = owners.register
         busy = owners.busy_ns
         steps = owners.steps
+        scheduled = owners.scheduled_ns
+        max_step = owners.max_step_ns
+        ready = owners.ready
+        finished = owners.finished
         cap = self.ring_capacity
 
         def _run(handle: Any) -> Any:
@@ -220,8 +224,9 @@ class FullStepHook(PythonStepHook, metaclass=ABCMeta):
                 try:
                     duration = end - start
                     callback = handle._callback
-                    owner = getattr(callback, "__self__", None)
-                    if owner.__class__ in task_types:
+                    owner: Any = getattr(callback, "__self__", None)
+                    is_task = owner.__class__ in task_types
+                    if is_task:
                         key: Any = id(owner)
                     else:
                         key = getattr(callback, "__qualname__", None) or type(callback)
@@ -230,6 +235,16 @@ class FullStepHook(PythonStepHook, metaclass=ABCMeta):
                         oid = register(key, owner, callback)
                     busy[oid] += duration
                     steps[oid] += 1
+                    if duration > max_step[oid]:  # noqa: PLR1730 - no call on the hot path
+                        max_step[oid] = duration
+                    if is_task:
+                        # Marked by call_soon (_hooks/tasks.py); a wake the step made of
+                        # its own task is another handle, left for the next step.
+                        ready_ns = ready.pop(id(handle), None)
+                        if ready_ns is not None:
+                            scheduled[oid] += start - ready_ns
+                        if owner.done():
+                            finished(owner, oid, end)
                     ring = slot.ring
                     i = (slot.ring_written % cap) * 3
                     ring[i] = start

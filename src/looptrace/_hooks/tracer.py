@@ -39,6 +39,7 @@ from .nesting import NestedRuns
 from .owners import OwnerTable
 from .probes import ProbeBuffer, Probes
 from .steps import FullStepHook, make_step_hook
+from .tasks import TaskWatch
 from .threadframes import current_frames
 from .watchdog import Watchdog
 
@@ -75,6 +76,10 @@ class Tracer:
         # than the 5% of a trivial to_thread call (~110 µs) default mode may spend
         # (benchmarks/executor_overhead.py).
         self.executors = ExecutorCalls(self.codemap, lambda exc: recorder.fault("executors", exc))
+        # Full mode only: call_soon runs several times per step (see _hooks/tasks.py).
+        self.task_watch = (TaskWatch(self.owners, lambda exc: recorder.fault("tasks", exc),
+                                     accelerated=options.accelerator)
+                           if self.owners is not None else None)
 
     # -- lifecycle
 
@@ -112,6 +117,9 @@ class Tracer:
         if options.mode == "full":
             self.recorder.on_fault("executors", self.executors.revert)
             self.executors.install()
+            if self.task_watch is not None:
+                self.recorder.on_fault("tasks", self.task_watch.revert)
+                self.task_watch.install()
 
         doors = self.doors
         self.watchdog = Watchdog(
@@ -162,7 +170,10 @@ class Tracer:
         self.active = False
         if self.step_hook is not None:
             self.step_hook.enabled = 0
-        # The doors went in after Handle._run: they come out first.
+        # The task watch went in after the doors (both wrap BaseEventLoop.close), the doors
+        # after Handle._run: they come out in the reverse order.
+        if self.task_watch is not None:
+            self.task_watch.revert()
         self.doors.close()
         self._patches.revert_all()
         self.gc_watch.stop()

@@ -25,7 +25,7 @@ from html import escape
 
 from looptrace._sources import matching_source
 from looptrace.events import CodeLocation
-from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session
+from looptrace.session import BlockEvent, Hotspot, LoopSummary, Session, TaskSummary
 
 from ._html_assets import SCRIPT as _SCRIPT
 from ._html_assets import STYLE as _STYLE
@@ -306,19 +306,42 @@ def _victims_cell(block: BlockEvent) -> str:
             f"{block.victims}</summary><p>{_e(summary)}</p><ol>{items}</ol></details></td>")
 
 
+_TASK_TIME_HEAD = "".join(
+    f'<th class="num">{name}</th>' for name in (
+        "scheduled", "idle", "longest step", "self-wakes", "created", "done", "cancelled",
+        "pending at close", "destroyed pending", "exception never retrieved")) + "<th>warnings</th>"
+
+
+def _ms_cell(value: float | None) -> str:
+    return _num(value, _ms(value) if value is not None else None)
+
+
+def _task_time_cells(task: TaskSummary) -> str:
+    """Full mode's columns: where the task's time went besides its steps, its life, and
+    its warnings (tokio-console's)."""
+    return (_ms_cell(task.scheduled_ms) + _ms_cell(task.idle_ms) + _ms_cell(task.max_step_ms)
+            + "".join(_num(n) for n in (
+                task.self_wakes, task.created, task.done, task.cancelled,
+                task.pending_at_close, task.destroyed_pending,
+                task.exception_never_retrieved))
+            + f'<td class="wrap">{_e(", ".join(task.warnings))}</td>')
+
+
 def _tasks(session: Session) -> str:
     if not session.tasks:
         return ""
+    full = session.mode == "full"
     head = ("<tr><th>task</th><th>kind</th><th>coroutine</th><th class=\"num\">steps</th>"
             "<th class=\"num\">busy</th><th class=\"num\">blocks</th>"
-            "<th class=\"num\">blocked</th><th class=\"num\">longest block</th></tr>")
+            "<th class=\"num\">blocked</th><th class=\"num\">longest block</th>"
+            + (_TASK_TIME_HEAD if full else "") + "</tr>")
     rows = [
         f'<tr><td class="wrap task-name">{_e(task.name)}</td><td>{_e(task.kind)}</td>'
         f'<td class="wrap">{_e(task.coroutine or "")}</td>'
-        + _num(task.steps) + _num(task.busy_ms, _ms(task.busy_ms) if task.busy_ms is not None
-                                  else None)
+        + _num(task.steps) + _ms_cell(task.busy_ms)
         + _num(task.blocks) + _num(task.block_ms, _ms(task.block_ms))
-        + _num(task.max_block_ms, _ms(task.max_block_ms)) + "</tr>"
+        + _num(task.max_block_ms, _ms(task.max_block_ms))
+        + (_task_time_cells(task) if full else "") + "</tr>"
         for task in session.tasks
     ]
     note = ("" if session.mode == "full" else

@@ -19,10 +19,20 @@ from looptrace.session import (
     Hotspot,
     LoopSummary,
     Session,
+    TaskSummary,
 )
 
 _MAX_HOTSPOTS = 10
 _MAX_EXECUTOR_SITES = 5
+_MAX_TASKS = 3
+_MAX_TASK_WARNINGS = 8
+_TASK_WARNINGS = {
+    "long-step": "did not yield for {max_step} (a step at or over the threshold)",
+    "busy-poll": "woke itself {self_wakes} times in {steps} steps (a busy-poll)",
+    "pending-at-close": "{pending_at_close} still pending when its loop closed",
+    "destroyed-pending": "{destroyed_pending} destroyed while pending",
+    "exception-never-retrieved": "{never_retrieved} with an exception never retrieved",
+}
 
 
 def short_path(path: str) -> str:
@@ -145,6 +155,50 @@ def executor_lines(session: Session) -> list[str]:
     return lines
 
 
+def _task_label(task: TaskSummary) -> str:
+    if task.coroutine and task.coroutine != task.name:
+        return f"{_t(task.name)} ({_t(task.coroutine)})"
+    return _t(task.name)
+
+
+def _warning_text(task: TaskSummary, warning: str) -> str:
+    template = _TASK_WARNINGS.get(warning)
+    if template is None:  # a newer report's warning: its code is all we know
+        return _t(warning)
+    return f"{warning}: " + template.format(
+        max_step=duration(task.max_step_ms), self_wakes=task.self_wakes, steps=task.steps,
+        pending_at_close=task.pending_at_close, destroyed_pending=task.destroyed_pending,
+        never_retrieved=task.exception_never_retrieved)
+
+
+def task_lines(session: Session) -> list[str]:
+    """Full mode: the tasks that kept the loop busy, the ones that waited longest to be
+    scheduled, and the warnings. Empty without per-task time."""
+    rows = [t for t in session.tasks if t.kind == "task" and t.scheduled_ms is not None]
+    if not rows:
+        return []
+    lines = ["", "Tasks by busy time (running steps)"]
+    by_busy = sorted(rows, key=lambda t: (-(t.busy_ms or 0.0), t.name))[:_MAX_TASKS]
+    for number, task in enumerate(by_busy, start=1):
+        lines.append(f"  {number}. {_task_label(task)}  busy {duration(task.busy_ms)}  "
+                     f"{task.steps} steps  longest {duration(task.max_step_ms)}")
+    lines.append("Tasks by scheduled time (ready, waiting for the loop)")
+    by_wait = sorted(rows, key=lambda t: (-(t.scheduled_ms or 0.0), t.name))[:_MAX_TASKS]
+    for number, task in enumerate(by_wait, start=1):
+        lines.append(f"  {number}. {_task_label(task)}  scheduled "
+                     f"{duration(task.scheduled_ms)}  {task.steps} steps  "
+                     f"idle {duration(task.idle_ms)}")
+    warned = [(task, w) for task in session.tasks for w in task.warnings]
+    if warned:
+        lines.append("Task warnings")
+        for task, warning in warned[:_MAX_TASK_WARNINGS]:
+            lines.append(f"  {_task_label(task)}: {_warning_text(task, warning)}")
+        if len(warned) > _MAX_TASK_WARNINGS:
+            lines.append(f"  ... and {len(warned) - _MAX_TASK_WARNINGS} more "
+                         "(write the full report with --json)")
+    return lines
+
+
 def _loop_lines(loop: LoopSummary) -> list[str]:
     lines = [f"  loop {loop.id}  {_t(loop.thread)}  {_t(loop.kind)}"]
     figures = []
@@ -193,6 +247,7 @@ def render(session: Session) -> str:
     else:
         lines.append(f"No block of the loop at or over {duration(session.threshold_ms)}.")
     lines.extend(executor_lines(session))
+    lines.extend(task_lines(session))
     if session.loops:
         lines.append("")
         lines.append("Loops")

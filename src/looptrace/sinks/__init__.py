@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from looptrace.events import ExecutorFigures, LoopFigures
+from looptrace.events import ExecutorFigures, LoopFigures, TaskFigures
 from looptrace.session import BlockEvent, Session
 
 
@@ -29,6 +29,13 @@ class ExecutorsView(Protocol):
     """Each executor call site's figures so far, copied out (safe off the loop threads)."""
 
     def figures(self) -> list[ExecutorFigures]: ...
+
+
+class TasksView(Protocol):
+    """Full mode: each task row's steps and scheduled time so far (safe off the loop
+    threads)."""
+
+    def task_figures(self) -> list[TaskFigures]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,8 @@ class SinkInputs:
     live_span: Callable[[int, int], Any] | None = None
     """The span ``(trace_id, span_id)`` of a block's victim, if it is still in memory
     (held weakly by the hooks): the OpenTelemetry sink links it back to the block."""
+    tasks: TasksView | None = None
+    """Per-task time (full mode), for the scheduled-time histogram."""
 
 
 class LiveSink(NamedTuple):

@@ -23,6 +23,10 @@ instrument                             unit       what
 ``looptrace.block.victim.delay``       s          histogram: per task or callback a block
                                                   delayed, how long (``looptrace.kind``,
                                                   ``looptrace.call`` of the block)
+``looptrace.task.scheduled.duration``  s          histogram (full mode): per task step, how
+                                                  long the task waited ready for the loop
+                                                  (``looptrace.task.name``,
+                                                  ``looptrace.task.coroutine`` of its row)
 =====================================  =========  ==========================================
 
 Loop instruments carry ``looptrace.loop.id`` and ``thread.name``. Executor instruments
@@ -30,6 +34,9 @@ carry the calling site (``code.file.path``, ``code.line.number``, ``code.functio
 the line that called ``run_in_executor`` or ``to_thread``) and the function run
 (``looptrace.executor.function``); the pump replays their histograms like the lag's, each
 call at the middle of its log-linear bucket (within 12.5%, never above the site's maximum).
+The task rows keep sums, not histograms (a histogram bucket per step would cost the step
+hook): each pass records the steps a row gained at that row's mean scheduled time over the
+pass, at most ``LAG_RECORDS_PER_S`` records a second shared among the rows.
 
 The counters and the gauge are observable: their callbacks read the recorder's figures on
 the metric reader's thread. The lag histogram has no observable form in the API, so a
@@ -53,10 +60,10 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from looptrace._histogram import bucket_width
-from looptrace.events import ExecutorFigures, LoopFigures
+from looptrace.events import ExecutorFigures, LoopFigures, TaskFigures
 from looptrace.session import BlockEvent
 
-from . import ExecutorsView, LoopsView
+from . import ExecutorsView, LoopsView, TasksView
 
 logger = logging.getLogger("looptrace")
 
@@ -136,6 +143,10 @@ class _Instruments:
         self.executor_run = meter.create_histogram(
             "looptrace.executor.run.duration", unit="s",
             description="How long the function of a run_in_executor/to_thread call ran.",
+            explicit_bucket_boundaries_advisory=list(EXECUTOR_BUCKETS_S))
+        self.task_scheduled = meter.create_histogram(
+            "looptrace.task.scheduled.duration", unit="s",
+            description="How long a task step waited ready before the event loop ran it.",
             explicit_bucket_boundaries_advisory=list(EXECUTOR_BUCKETS_S))
         self.victim_delay = meter.create_histogram(
             "looptrace.block.victim.delay", unit="s",
@@ -224,10 +235,13 @@ class LoopMetrics:
     runs the pump that feeds the lag histogram."""
 
     def __init__(self, instruments: _Instruments, source: LoopsView,
-                 executors: ExecutorsView | None = None) -> None:
+                 executors: ExecutorsView | None = None,
+                 tasks: TasksView | None = None) -> None:
         self._instruments = instruments
         self._source = source
         self._executors = executors
+        self._tasks = tasks
+        self._seen_tasks: dict[tuple[str, str | None], tuple[int, int]] = {}
         self._seen_hist: dict[int, dict[int, int]] = {}
         self._seen_executors: dict[tuple[object, str, str], dict[int, int]] = {}
         self._lock = threading.RLock()  # reentrant: see _hooks/probes.py (issue 11)
@@ -264,6 +278,8 @@ class LoopMetrics:
             if self._executors is not None:
                 for site in self._executors.figures():
                     made += self._pump_executor(site, interval_s)
+            if self._tasks is not None:
+                made += self._pump_tasks(self._tasks.task_figures(), interval_s)
         except Exception as exc:  # metrics must never break the pump
             logger.debug("looptrace: lag metrics failed: %s: %s", type(exc).__name__, exc)
         return made
@@ -291,6 +307,32 @@ class LoopMetrics:
                 for _ in range(count):
                     instrument.record(value_s, attributes)
                 made += count
+        return made
+
+    def _pump_tasks(self, rows: list[TaskFigures], interval_s: float) -> int:
+        """Record the steps each task row gained since the last pass, at the row's mean
+        scheduled time over the pass (thinned to the budget shared among the rows)."""
+        gains = []
+        with self._lock:
+            for row in rows:
+                key = (row.name, row.coroutine)
+                steps, scheduled = row.steps or 0, row.scheduled_ns or 0
+                seen_steps, seen_ns = self._seen_tasks.get(key, (0, 0))
+                self._seen_tasks[key] = (steps, scheduled)
+                if steps > seen_steps:
+                    gains.append((row, steps - seen_steps, max(scheduled - seen_ns, 0)))
+        if not gains:
+            return 0
+        per_row = max(1, int(LAG_RECORDS_PER_S * interval_s) // len(gains))
+        record = self._instruments.task_scheduled.record
+        made = 0
+        for row, steps, scheduled_ns in gains:
+            attributes = {"looptrace.task.name": row.name,
+                          "looptrace.task.coroutine": row.coroutine or ""}
+            value_s = scheduled_ns / steps / 1e9
+            for _ in range(min(steps, per_row)):
+                record(value_s, attributes)
+                made += 1
         return made
 
     def _pump_loop(self, figures: LoopFigures, interval_s: float) -> int:

@@ -165,7 +165,8 @@ class OtelSink:
             return None
         instruments = instruments_for(provider, lambda: provider.get_meter(
             SCOPE_NAME, __version__, schema_url=SCHEMA_URL))
-        return LoopMetrics(instruments, self._inputs.loops, self._inputs.executors)
+        return LoopMetrics(instruments, self._inputs.loops, self._inputs.executors,
+                           self._inputs.tasks)
 
     def _tracer(self) -> trace.Tracer | None:
         provider = self._explicit_tracer_provider
