@@ -33,7 +33,8 @@ def untraced() -> subprocess.CompletedProcess[str]:
 def _blocks_found(report: dict[str, Any]) -> None:
     assert sum(h["count"] for h in report["hotspots"]) >= BLOCKS - 1
     for hotspot in report["hotspots"]:
-        assert hotspot["site"]["file"] == str(PROGRAM)
+        # A busy machine may add a step that waited for a CPU, with no site.
+        assert hotspot["site"] is None or hotspot["site"]["file"] == str(PROGRAM)
 
 
 def _sleep_named(report: dict[str, Any]) -> None:
