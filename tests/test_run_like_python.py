@@ -63,9 +63,12 @@ def layout_package(root: Path) -> None:
 def layout_apps(root: Path) -> None:
     write(root / "app" / "__main__.py", textwrap.dedent(SHOW) + "import helper\nprint(helper.X)\n")
     write(root / "app" / "helper.py", "X = 'helper from the app'\n")
+    # A fixed date in the archive: the layouts built for python and for looptrace are
+    # compared file by file, and a file's mtime could fall in another second.
     with zipfile.ZipFile(root / "app.pyz", "w") as archive:
-        archive.write(root / "app" / "__main__.py", "__main__.py")
-        archive.write(root / "app" / "helper.py", "helper.py")
+        for name in ("__main__.py", "helper.py"):
+            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            archive.writestr(entry, (root / "app" / name).read_bytes())
     (root / "empty").mkdir()
 
 
