@@ -28,6 +28,7 @@ class patches: its loops carry ``task-scheduled`` in their ``missing`` list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import weakref
 from asyncio import base_events, runners, tasks
@@ -74,11 +75,12 @@ class TaskWatch:
             self._patches.apply(Patch(loop_class, "call_exception_handler",
                                       self._exception_handler(
                                           loop_class.call_exception_handler)))
-            self._patches.apply(Patch(loop_class, "close", self._close(loop_class.close)))
+            self._patches.apply(Patch(loop_class, "close",
+                                      self._counting_pending(loop_class.close)))
             original = getattr(runners, "_cancel_all_tasks", None)
             if original is not None:
                 self._patches.apply(Patch(runners, "_cancel_all_tasks",
-                                          self._cancel_all(original)))
+                                          self._counting_pending(original)))
         except BaseException:
             self.revert()
             raise
@@ -163,31 +165,20 @@ class TaskWatch:
         if task is not None and isinstance(task, asyncio.Future) and hasattr(task, "get_coro"):
             self.owners.counts[column][self.owners.task_row_id(task)] += 1
 
-    def _close(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _counting_pending(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``original(loop, ...)`` (``BaseEventLoop.close``, ``runners._cancel_all_tasks``)
+        after counting the loop's pending tasks; never raises into the program."""
         watch = self
 
-        def close(self: Any) -> Any:
-            try:
-                watch._count_pending(self)
-            except Exception as exc:
-                watch._on_fault(exc)
-            return original(self)
-
-        close.__wrapped__ = original  # type: ignore[attr-defined]
-        return close
-
-    def _cancel_all(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        watch = self
-
-        def _cancel_all_tasks(loop: Any) -> Any:
+        @functools.wraps(original)
+        def counting(loop: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 watch._count_pending(loop)
             except Exception as exc:
                 watch._on_fault(exc)
-            return original(loop)
+            return original(loop, *args, **kwargs)
 
-        _cancel_all_tasks.__wrapped__ = original  # type: ignore[attr-defined]
-        return _cancel_all_tasks
+        return counting
 
     def _count_pending(self, loop: Any) -> None:
         """Tasks of ``loop`` not done: counted once each, as pending at close."""
