@@ -143,7 +143,7 @@ class Block:
     cpu_ns: int | None = None
     """Time the loop thread ran on a CPU during the block (Linux; None: not measured)."""
     causes: tuple[str, ...] = ()
-    """Causes that took at least a quarter of the block (``cpu.run_queue``, ``gc``),
+    """Causes that took at least a quarter of the block (``cpu.run_queue``, ``gc``, ``gil``),
     beside the evidence (site, stack, task, span, call), never instead of it."""
     in_progress: bool = False
     """The program stopped inside the block: its duration is the time so far."""

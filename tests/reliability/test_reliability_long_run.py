@@ -1,11 +1,19 @@
-"""A long run: 10 million steps, 200,000 of them blocks over a tiny threshold. Memory
+"""A long run: 3 million steps, 60,000 of them blocks over a tiny threshold. Memory
 stays flat (ring buffers and capped aggregates hold), the report stays small, and every
 figure the report gives adds up: nothing is lost that the report claims to hold.
 
-One run per Python version, about 2.5 minutes on an idle machine (more when it is busy).
-Each block costs the watchdog about 0.25 ms of Python (its evidence: samples resolved to
-lines, CPU figures, the block built and kept), so 200,000 blocks, 200 times what the
-report keeps, show the rings wrapping without a million-block run's 7 minutes per Python.
+One run per Python version, about 30 seconds on an idle machine (two to six times that in
+CI beside the compatibility job). Each block costs the watchdog about 0.25 ms of Python
+(its evidence: samples resolved to lines, CPU figures, victims, the block built and kept),
+so 60,000 blocks, 60 times what the report keeps, show the rings wrapping.
+``benchmarks/memory.py`` soaks 10 million steps per configuration.
+
+What "flat" means. A leak grows with the run: the objects the interpreter holds (counted
+after a collection) would climb by tens of thousands over 60,000 blocks, and a C leak of a
+few bytes per step shows in RSS. RSS itself also moves in steps that are not leaks: when
+the watchdog falls behind on a loaded machine, the steps waiting for it are freed later,
+and the allocator keeps the pages (seen in CI: one 3.6 MB step, flat after). The bounds
+are set between the two.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ from pathlib import Path
 
 from reliability_helpers import PROGRAMS, run_python
 
-STEPS = 10_000_000
-BLOCKS = 200_000
+STEPS = 3_000_000
+BLOCKS = 60_000
 THRESHOLD_MS = 0.01  # 10 µs: a plain step takes 1-3 µs
 SPIN_US = 12
 MAX_BLOCKS_KEPT = 1000  # the default max_blocks
+RSS_GROWTH_MB = 6
+OBJECT_GROWTH = 20_000  # the count moves by about 15,000 between tenths (steps in flight)
 
 
-def test_ten_million_steps_and_200k_blocks(tmp_path: Path) -> None:
+def test_three_million_steps_and_60k_blocks(tmp_path: Path) -> None:
     """RSS flat from the first fifth of the run to its end; a report under 2 MB; steps,
     selects, blocks, hotspots, kept blocks and drop counters all agree."""
     report_path = tmp_path / "long.json"
@@ -33,10 +43,11 @@ def test_ten_million_steps_and_200k_blocks(tmp_path: Path) -> None:
     print(run)
     assert run["blocks"] == BLOCKS
 
-    rss = run["rss_mb"]
-    assert len(rss) == 10
-    assert max(rss[2:]) - rss[1] < 4, f"memory grew: {rss} MB"
-    assert rss[-1] - rss[4] < 2, f"memory grew: {rss} MB"
+    rss, objects = run["rss_mb"], run["objects"]
+    assert len(rss) == len(objects) == 10
+    assert max(rss[2:]) - rss[1] < RSS_GROWTH_MB, f"memory grew: {rss} MB"
+    early, late = sorted(objects[1:4])[1], sorted(objects[7:])[1]  # medians of three
+    assert late - early < OBJECT_GROWTH, f"objects grew: {objects}"
 
     assert report_path.stat().st_size < 2_000_000
     report = json.loads(report_path.read_text())

@@ -37,7 +37,7 @@ CPU_STARVED = "cpu.run_queue"
 """The call named for a block spent mostly waiting for a CPU."""
 
 
-_CAUSE_SHARE = 4
+CAUSE_SHARE = 4
 """A cause that took at least a quarter of a block is named among its ``causes``."""
 
 
@@ -230,9 +230,9 @@ def _weigh_causes(step: LongStep, cpu: CpuFigures | None,
     """(the causes that took at least a quarter of the block, the one that accounts for it
     on its own, if any)."""
     causes: list[str] = []
-    if cpu is not None and cpu.wait_ns * _CAUSE_SHARE >= duration:
+    if cpu is not None and cpu.wait_ns * CAUSE_SHARE >= duration:
         causes.append(CPU_STARVED)
-    if step.gc_ns * _CAUSE_SHARE >= duration:
+    if step.gc_ns * CAUSE_SHARE >= duration:
         causes.append("gc")
     headline = None
     if accounts_alone(step.gc_ns, duration, step.threshold_ns or duration + 1):

@@ -20,9 +20,12 @@ from typing import Any
 
 from looptrace.events import Block, CallSource, CodeLocation
 
+from .blocks import CAUSE_SHARE, accounts_alone
 from .native import Located, NativeSample, NativeSampler
 
 SampleKey = tuple[object, int]
+GIL_WAIT = "gil"
+"""The cause named for a block that spent at least a quarter of its time waiting for the GIL."""
 AddSample = Callable[[SampleKey, int, NativeSample, Any], None]
 """(step key, thread ident, the sample, the step's handle while it still runs)."""
 
@@ -184,11 +187,16 @@ class NativeFeed:
                 gil_holder=self._names(ident),
                 gil_holder_call=held.call if held is not None else None,
                 gil_holder_site=held.site if held is not None else None)
+            if changes["gil_wait_ns"] * CAUSE_SHARE >= block.duration_ns \
+                    and GIL_WAIT not in block.causes:
+                changes["causes"] = (*block.causes, GIL_WAIT)
             worked = gil.holder_worked_ns(ident)
-            if gil.waiting * 2 >= gil.looks and (
-                    worked is None or gil.waiting == 1 or worked * 2 >= self._threshold_ns):
+            if accounts_alone(changes["gil_wait_ns"], block.duration_ns, self._threshold_ns) \
+                    and (worked is None or gil.waiting == 1 or worked * 2 >= self._threshold_ns):
                 # Mostly waiting for the GIL (a probed Event.wait in Thread.start, say): the
-                # holder's call is the headline, the loop's own line stays the site.
+                # holder's call is the headline, the loop's own line stays the site. A step
+                # that would have been a block without the wait (a 70 ms time.sleep that then
+                # waited 73 ms for the GIL on a busy machine) keeps its own verdict.
                 changes.update(kind="gil-stall", call=changes["gil_holder_call"],
                                call_source=held.call_source if held is not None else None)
         return replace(block, **changes)

@@ -3,13 +3,15 @@
 
     python long_run.py STEPS BLOCKS THRESHOLD_MS SPIN_US REPORT
 
-Prints one JSON line: the resident memory (MB) at every tenth of the run, the steps and
-blocks made, and the seconds it took. The report goes to REPORT.
+Prints one JSON line: the resident memory (MB) and the number of objects the interpreter
+holds (after a collection) at every tenth of the run, the steps and blocks made, and the
+seconds it took. The report goes to REPORT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -25,7 +27,8 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * PAGE_MB
 
 
-async def run(steps: int, blocks: int, spin_ns: int, rss: list[float]) -> int:
+async def run(steps: int, blocks: int, spin_ns: int, rss: list[float],
+              objects: list[int]) -> int:
     every = steps // blocks
     tenth = steps // 10
     made = 0
@@ -37,7 +40,9 @@ async def run(steps: int, blocks: int, spin_ns: int, rss: list[float]) -> int:
                 pass
             made += 1
         if step % tenth == 0:
+            gc.collect()
             rss.append(round(rss_mb(), 2))
+            objects.append(sys.getallocatedblocks())
         await asyncio.sleep(0)
     return made
 
@@ -46,14 +51,15 @@ def main() -> None:
     steps, blocks = int(sys.argv[1]), int(sys.argv[2])
     threshold_ms, spin_us, report = float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
     rss: list[float] = []
+    objects: list[int] = []
     started = time.perf_counter()
     looptrace.install(threshold_ms=threshold_ms)
-    made = asyncio.run(run(steps, blocks, int(spin_us * 1000), rss))
+    made = asyncio.run(run(steps, blocks, int(spin_us * 1000), rss, objects))
     session = looptrace.uninstall()
     seconds = time.perf_counter() - started
     assert session is not None
     session.save(report)
-    print(json.dumps({"rss_mb": rss, "steps": steps, "blocks": made,
+    print(json.dumps({"rss_mb": rss, "objects": objects, "steps": steps, "blocks": made,
                       "seconds": round(seconds, 1), "final_rss_mb": round(rss_mb(), 2)}))
 
 
