@@ -20,6 +20,10 @@ def task_group(name: str) -> str:
     one, so such tasks are grouped (by coroutine) under ``Task-*``."""
     return "Task-*" if _DEFAULT_TASK_NAME.match(name) else name
 
+CPU_STARVED = "cpu.run_queue"
+"""The call named for a block that waiting for a CPU accounts for on its own: the loop
+thread ran on one for less than the threshold (the machine's block, not the code's)."""
+
 BlockKind = Literal["blocking-call", "slow-step", "gil-stall"]
 """``blocking-call``: a probe on a known blocking function explains most of the block.
 ``slow-step``: anything else (CPU work, C extensions, locks, unprobed I/O).

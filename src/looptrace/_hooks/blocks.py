@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from looptrace.events import (
+    CPU_STARVED,
     Block,
     CodeLocation,
     DurationSource,
@@ -33,8 +34,6 @@ from looptrace.events import (
 from .owners import task_name
 
 _MAX_SITES_PER_STEP = 64
-CPU_STARVED = "cpu.run_queue"
-"""The call named for a block spent mostly waiting for a CPU."""
 
 
 CAUSE_SHARE = 4
