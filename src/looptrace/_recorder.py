@@ -361,6 +361,16 @@ class Recorder:
         if self.publish is not None:
             self.publish(block)
 
+    def add_unexamined(self, loop_id: int, count: int, duration_ns: int) -> None:
+        """Blocks the watchdog counted but could not examine (it fell behind a burst)."""
+        with self._lock:
+            self._dropped["unexamined_blocks"] += count
+            for record in self._loops:
+                if record.loop_id == loop_id:
+                    record.blocks += count
+                    record.block_ns += duration_ns
+                    break
+
     def drop(self, what: str, count: int = 1) -> None:
         with self._lock:
             self._dropped[what] += count

@@ -125,7 +125,8 @@ class Tracer:
         self.watchdog = Watchdog(
             step_hook=self.step_hook, heartbeats=lambda: list(doors.heartbeats),
             on_block=self.recorder.add_block, on_fault=self.recorder.fault,
-            housekeeping=self._housekeeping, codemap=self.codemap,
+            on_unexamined=self.recorder.add_unexamined, housekeeping=self._housekeeping,
+            codemap=self.codemap,
             threshold_ns=options.threshold_ns, sample_interval_ns=options.sample_interval_ns,
             sched=self.sched, native=native)
         self.recorder.on_fault("watchdog", self.watchdog.disable_sampling)

@@ -39,17 +39,28 @@ _MIN_WAIT_NS = 500_000
 _MAX_POLL_NS = 50_000_000
 _MIN_POLL_NS = 1_000_000
 _HOUSEKEEPING_NS = 1_000_000_000
+MAX_PENDING = 10_000
+"""Long steps waiting to be examined. Beyond, a step is counted (in its loop's figures and
+in ``dropped.unexamined_blocks``) but not examined: a burst of blocks faster than the
+watchdog can examine them (about 0.25 ms of Python each) must not grow memory without end."""
 
 
 class Watchdog:
     def __init__(self, *, step_hook: Any, heartbeats: Callable[[], list[Any]],
                  on_block: Callable[[Any], None], on_fault: Callable[[str, BaseException], None],
+                 on_unexamined: Callable[[int, int, int], None],
                  housekeeping: Callable[[], None], codemap: CodeMap, threshold_ns: int,
                  sample_interval_ns: int, native: NativeFeed | None = None,
                  sched: schedstat.SchedHistory | None = None) -> None:
         self._step_hook = step_hook
         self._heartbeats = heartbeats
         self._on_block = on_block
+        self._on_unexamined = on_unexamined
+        # Per loop: [steps, ns] counted but not examined, each written only by its loop's
+        # thread (no lock on the loop thread); the watchdog reports what grew since it last
+        # looked.
+        self._unexamined: dict[int, list[int]] = {}
+        self._unexamined_told: dict[int, tuple[int, int]] = {}
         self._on_fault = on_fault
         self._housekeeping = housekeeping
         self._codemap = codemap
@@ -106,6 +117,13 @@ class Watchdog:
         if samples is not None:
             for sampled in list(samples.tasks.values()):
                 sampled.name = sampled.current_name()
+        if len(self._pending) >= MAX_PENDING:
+            counts = self._unexamined.get(step.loop_id)
+            if counts is None:
+                counts = self._unexamined[step.loop_id] = [0, 0]
+            counts[0] += 1
+            counts[1] += step.end_ns - step.start_ns - step.nested_ns
+            return  # its samples are forgotten with the other ended steps' at the next tick
         self._pending.append(step)
 
     def finalize_pending(self) -> None:
@@ -126,6 +144,15 @@ class Watchdog:
                     self._on_fault("watchdog", exc)
                     continue
                 self._on_block(block)
+            self._tell_unexamined()
+
+    def _tell_unexamined(self) -> None:
+        for loop_id, counts in list(self._unexamined.items()):
+            steps, ns = counts[0], counts[1]
+            told_steps, told_ns = self._unexamined_told.get(loop_id, (0, 0))
+            if steps != told_steps or ns != told_ns:
+                self._unexamined_told[loop_id] = (steps, ns)
+                self._on_unexamined(loop_id, steps - told_steps, ns - told_ns)
 
     def _finish(self, key: SampleKey, block: Any) -> Any:
         late = key in self._late
