@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .events import CPU_STARVED
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -26,7 +28,7 @@ RULES: tuple[Rule, ...] = (
          "(pure Python, or C code that keeps the GIL such as re, json, pickle) to a thread "
          "does not free the loop; run it in a ProcessPoolExecutor, or use a library that "
          "releases the GIL"),
-    Rule(_call_starts("cpu.run_queue"),
+    Rule(_call_starts(CPU_STARVED),
          "the loop thread was ready to run but had no CPU (other processes or threads, or a "
          "container CPU limit): give the service more CPU or move the competing work away"),
     Rule(_call_starts("gc.collect"),

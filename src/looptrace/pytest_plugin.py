@@ -330,7 +330,8 @@ class _Run:
         self.tests = 0
         self.tests_with_blocks = 0
         self.over_budget = 0
-        self.starved: list[tuple[float, str, BlockEvent]] = []
+        self.starved = 0
+        self.top_starved: list[tuple[float, str, BlockEvent]] = []
         self.blocks = 0
         self.top: list[tuple[float, str, BlockEvent]] = []
         self.exemptions: list[Exemption] = []
@@ -350,7 +351,9 @@ class _Run:
             if block.call == CPU_STARVED:
                 # The thread ran on a CPU for less than the threshold: a busy machine made
                 # the block, not the test's code; failing for it makes a flaky suite.
-                self.starved.append((block.duration_ms, item.nodeid, block))
+                self.starved += 1
+                self.top_starved = sorted([*self.top_starved, (block.duration_ms,
+                                           item.nodeid, block)], key=lambda t: -t[0])[:5]
                 continue
             rule = first_match(plan.allow, block)
             if rule is None:
@@ -406,11 +409,11 @@ class _Run:
                 call = block.call or "slow step"
                 lines.append(f"  {duration:8.1f} ms  {call} at {where(block.site)}  [{nodeid}]")
         if self.starved:
-            count = len(self.starved)
+            count = self.starved
             lines.append(f"not counted against the budget: {count} block"
                          f"{'s' if count != 1 else ''} of a busy machine (the loop thread "
                          "waited for a CPU and ran for less than the threshold):")
-            for duration, nodeid, block in sorted(self.starved, key=lambda t: -t[0])[:5]:
+            for duration, nodeid, block in self.top_starved:
                 lines.append(f"  {duration:8.1f} ms  at {where(block.site)}  [{nodeid}]")
         if self.exemptions:
             lines.append("exemptions used (allow=):")
